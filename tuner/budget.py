@@ -1,0 +1,82 @@
+"""The study's global trial budget, enforced under a lock shared by every worker.
+
+Optuna counts n_trials per process, so N workers overshoot by up to N-1. Here every worker takes the
+study's lock, counts trials by state, and only then asks for a trial, so exactly n_trials end
+COMPLETE or PRUNED. FAILed trials do not use the budget; their retries (WAITING) do.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+# Two-key advisory lock namespace: (LOCK_CLASS, study_id). Any constant no other app uses.
+LOCK_CLASS = 0x7475  # "tu"
+
+
+@dataclass(frozen=True)
+class Counts:
+    by_state: dict[str, int]
+
+    def __getitem__(self, state: str) -> int:
+        return self.by_state.get(state, 0)
+
+    @property
+    def finished(self) -> int:
+        return self["COMPLETE"] + self["PRUNED"]
+
+    @property
+    def committed(self) -> int:
+        """Trials that hold a budget slot: finished, running, or queued for a retry."""
+        return self.finished + self["RUNNING"] + self["WAITING"]
+
+
+def trial_counts(storage: optuna.storages.RDBStorage, study_id: int) -> Counts:
+    query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
+    with storage.engine.connect() as conn:
+        rows = conn.execute(query, {"sid": study_id}).all()
+    # Optuna stores the TrialState name ("COMPLETE"); older SQLite files may hold the enum repr.
+    return Counts(collections.Counter({str(state).split(".")[-1]: n for state, n in rows}))
+
+
+def can_start(counts: Counts, n_trials: int) -> bool:
+    """A queued retry may always run (it already holds its slot); otherwise only below the budget."""
+    return counts["WAITING"] > 0 or counts.committed < n_trials
+
+
+@contextlib.contextmanager
+def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[None]:
+    """Serialise count-then-create across all workers of a study.
+
+    PostgreSQL: a session advisory lock (released by the server if the holder dies).
+    SQLite: an flock on a file beside the database (SQLite means one host).
+    """
+    url = make_url(str(storage.url))
+    if url.get_backend_name() == "postgresql":
+        with storage.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:c, :s)"), {"c": LOCK_CLASS, "s": study_id})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:c, :s)"),
+                             {"c": LOCK_CLASS, "s": study_id})
+                conn.commit()
+    elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        lock_path = Path(f"{url.database}.tuner-lock")
+        with open(lock_path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:  # in-memory SQLite: one process, nothing to serialise against
+        yield

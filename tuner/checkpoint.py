@@ -1,0 +1,59 @@
+"""Per-trial checkpoints: atomic writes, newest-good-first loading, weights_only unpickling."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KEEP = 2  # checkpoints kept per trial: the newest, and one to fall back on if it is corrupt
+DEFAULT_ROOT = "checkpoints"
+
+_log = logging.getLogger(__name__)
+
+
+def checkpoint_root() -> Path:
+    """TUNER_CHECKPOINT_DIR, else ./checkpoints. Workers on several hosts need it on shared storage."""
+    return Path(os.environ.get("TUNER_CHECKPOINT_DIR", DEFAULT_ROOT))
+
+
+class CheckpointDir:
+    """The checkpoints of one trial and its retries: ROOT/STUDY/TRIAL/epoch-NNNN.pt."""
+
+    def __init__(self, root: Path, study_name: str, trial_number: int):
+        self.path = root / study_name / str(trial_number)
+
+    def _files(self) -> list[Path]:
+        return sorted(self.path.glob("epoch-*.pt"), reverse=True)  # zero-padded names: newest first
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.path / f"epoch-{state['epoch']:04d}.pt"
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for old in self._files()[KEEP:]:
+            old.unlink(missing_ok=True)
+        return final
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint that loads; a corrupt one is logged and skipped."""
+        for path in self._files():
+            try:
+                return torch.load(path, weights_only=True, map_location="cpu")
+            except Exception as exc:  # truncated or garbled file: fall back to the previous one
+                _log.warning("checkpoint %s is unreadable (%s); trying an older one", path,
+                             type(exc).__name__)
+        return None

@@ -1,0 +1,90 @@
+"""The shared objective: the only module that imports both optuna and torch.
+
+It adapts a trial to fit(): sample params, build the model, resume from the checkpoint of the trial
+this one retries, report the metric every epoch, checkpoint, and let the pruner stop the trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from tuner.checkpoint import CheckpointDir, checkpoint_root
+from tuner.config import StudyConfig
+from tuner.data import Data
+from tuner.models import build_cnn, count_parameters
+from tuner.space import suggest_hparams
+from tuner.train import FitConfig, fit
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    trial: int
+    epoch: int
+    epochs: int
+    value: float
+
+
+def lineage_number(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
+    """The number of the first trial in a retry chain: retries share its seed and checkpoints."""
+    frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else trial.study._storage.get_trial(
+        trial._trial_id)
+    original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    return frozen.number if original is None else original
+
+
+def run_trial(
+    trial: optuna.Trial,
+    config: StudyConfig,
+    data: Data,
+    device: torch.device,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_epoch: Callable[[EpochEvent], None] = lambda event: None,
+) -> float:
+    """Train one trial on data already on `device`; returns the final metric, raises TrialPruned when pruned."""
+    hp = suggest_hparams(trial, config.space)
+    lineage = lineage_number(trial)
+    seed = config.study.seed + lineage  # same trial (or its retry) -> same init, same batches
+    torch.manual_seed(seed)
+    model = build_cnn(hp, data.image_shape, data.num_classes).to(device)
+    total, trainable = count_parameters(model)
+    trial.set_user_attr("param_count", total)
+    trial.set_user_attr("trainable_params", trainable)
+    trial.set_user_attr("device", str(device))
+
+    checkpoints = CheckpointDir(checkpoint_root(), config.study.name, lineage)
+    resume = checkpoints.load_latest()
+    history: list[float] = []
+    if resume is not None:
+        # A retry carries the epochs its original finished: report them again so this trial's
+        # curve is complete and the pruner judges it on the same steps.
+        history = list(resume["history"])
+        for epoch, value in enumerate(history, start=1):
+            trial.report(value, epoch)
+        trial.set_user_attr("resumed_from_epoch", resume["epoch"])
+
+    metric = config.study.metric
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float], snapshot: Callable[[], dict]) -> None:
+        value = metrics[metric]
+        history.append(value)
+        # report -> checkpoint -> prune?: a trial that was pruned can still be exported/inspected
+        trial.report(value, epoch)
+        trial.set_user_attr("epochs_run", epoch)
+        checkpoints.save({**snapshot(), "history": history})
+        on_epoch(EpochEvent(trial.number, epoch, config.task.epochs, value))
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={value:.4f}")
+
+    fit_config = FitConfig(epochs=config.task.epochs, batch_size=config.task.batch_size, lr=hp.lr,
+                           weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed)
+    final = fit(model, data, fit_config, on_epoch_end, resume=resume, should_stop=should_stop)
+    if resume is not None and resume["epoch"] >= config.task.epochs:
+        return history[-1]  # the original finished training before it died; its result stands
+    return final[metric]

@@ -1,0 +1,133 @@
+"""Storage URL -> Optuna RDBStorage. The only place with engine settings and URL handling.
+
+Precedence, written once: --storage flag > TUNER_STORAGE > TUNER_STORAGE_FILE > sqlite:///tuner.db.
+The URL's password is never printed: every message uses ``redact(url)`` and ``scrub(text, url)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from tuner.errors import TunerError
+
+DEFAULT_STORAGE = "sqlite:///tuner.db"
+# Connections one worker may hold: main loop, heartbeat thread, reaper thread, budget lock.
+POOL_SIZE = 4
+# Seconds a worker waits for a free connection in its own pool before saying so.
+POOL_TIMEOUT = 30
+# Seconds SQLite waits on a locked database file before "database is locked".
+SQLITE_BUSY_TIMEOUT = 60
+
+_log = logging.getLogger(__name__)
+
+
+def resolve_storage_url(flag: str | None = None) -> str:
+    """The storage URL by the one precedence rule; a file keeps the password out of `ps` and shell history."""
+    if flag:
+        return flag
+    if os.environ.get("TUNER_STORAGE"):
+        return os.environ["TUNER_STORAGE"]
+    if os.environ.get("TUNER_STORAGE_FILE"):
+        path = Path(os.environ["TUNER_STORAGE_FILE"])
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TunerError(f"TUNER_STORAGE_FILE {path}: cannot be read ({exc.strerror})") from None
+    return DEFAULT_STORAGE
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, safe for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: show only its scheme-ish prefix
+        return url.split(":", 1)[0] + ":***"
+
+
+def password_of(url: str) -> str | None:
+    try:
+        return make_url(url).password
+    except Exception:
+        return None
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove the URL's password from any text (driver errors sometimes echo the DSN)."""
+    secret = password_of(url)
+    return text.replace(secret, "***") if secret else text
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if is_sqlite(url):
+        # SQLite serialises writers on a file lock; wait for it instead of failing at once.
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    # pool_pre_ping: Optuna enables it only for MySQL; without it a PostgreSQL restart or an
+    # idle-connection drop surfaces as an error on the next call instead of a fresh connection.
+    return {
+        "pool_pre_ping": True,
+        "pool_size": POOL_SIZE,
+        "max_overflow": 0,
+        "pool_timeout": POOL_TIMEOUT,
+        "connect_args": {"connect_timeout": 10, "application_name": "tuner"},
+    }
+
+
+def _enable_sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    """WAL lets readers run beside the one writer; it is a property of the file, so setting it once is enough."""
+    with storage.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
+def make_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    heartbeat_stale_trial_callback: Any = None,
+) -> optuna.storages.RDBStorage:
+    """Open the storage (creating Optuna's tables if needed); one clear TunerError if it cannot be reached."""
+    try:
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=_engine_kwargs(url),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=heartbeat_stale_trial_callback,
+        )
+        if is_sqlite(url):
+            _enable_sqlite_wal(storage)
+        return storage
+    except sqlalchemy.exc.ArgumentError:
+        raise TunerError(f"storage URL {redact(url)} is not a valid database URL") from None
+    except ModuleNotFoundError as exc:
+        raise TunerError(f"storage URL {redact(url)} needs the Python package {exc.name!r}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        raise TunerError(f"cannot reach the database at {redact(url)}: {_reason(exc, url)}") from None
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    """The driver's first line, without the SQL or the password."""
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    text = lines[0] if lines else type(original).__name__
+    return scrub(text, url)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for errors that a reconnect can cure: server gone, connection dropped, pool exhausted."""
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sqlalchemy.exc.TimeoutError)

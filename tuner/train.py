@@ -1,0 +1,111 @@
+"""Plain PyTorch training: fit() knows nothing about Optuna.
+
+The objective passes an ``on_epoch_end`` callback (report / checkpoint / prune) and a ``should_stop``
+predicate (signals); resuming takes the state dict that ``snapshot()`` produced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuner.data import Data
+
+EVAL_BATCH = 1024  # images per forward pass when evaluating; no gradients, so larger is fine
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int
+    batch_size: int
+    lr: float  # peak learning rate; cosine-annealed to 0 at the last epoch
+    weight_decay: float  # decoupled: AdamW-style, not scaled into the gradient
+    optimizer: str  # adamw | sgd
+    seed: int  # shuffling order (the model's init is seeded by the caller)
+
+
+class Stopped(Exception):
+    """should_stop() became true mid-epoch: the caller asked to end the run (e.g. SIGTERM)."""
+
+
+EpochCallback = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], None]
+
+
+def _make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Validation accuracy (0..1) and mean cross-entropy loss."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x), EVAL_BATCH):
+        logits = model(x[i:i + EVAL_BATCH])
+        target = y[i:i + EVAL_BATCH]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    return {"val_accuracy": correct / len(x), "val_loss": loss_sum / len(x)}
+
+
+def fit(
+    model: nn.Module,
+    data: Data,
+    cfg: FitConfig,
+    on_epoch_end: EpochCallback,
+    *,
+    resume: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, float]:
+    """Train for cfg.epochs (epochs are numbered from 1) and return the last epoch's metrics."""
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    first_epoch, metrics = 1, {}
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        shuffle.set_state(resume["shuffle_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        first_epoch = resume["epoch"] + 1
+
+    n = len(data.x_train)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        # train one epoch (the lr for it was set by the scheduler step at the end of the last one)
+        model.train()
+        order = torch.randperm(n, generator=shuffle).to(data.x_train.device)
+        # summed on the device and checked once per epoch: a per-step .item() would stall a GPU
+        loss_sum = torch.zeros((), device=data.x_train.device)
+        for i in range(0, n, cfg.batch_size):
+            if should_stop():
+                raise Stopped(f"stopped during epoch {epoch}")
+            idx = order[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        if not math.isfinite(loss_sum.item()):
+            raise FloatingPointError(f"training loss is {loss_sum.item()} in epoch {epoch}")
+        scheduler.step()
+
+        # evaluate, then hand the result to the caller (report / checkpoint / prune)
+        metrics = evaluate(model, data.x_val, data.y_val)
+
+        def snapshot(epoch: int = epoch) -> dict[str, Any]:
+            return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "shuffle_rng": shuffle.get_state(),
+                    "torch_rng": torch.get_rng_state()}
+
+        on_epoch_end(epoch, metrics, snapshot)
+    return metrics

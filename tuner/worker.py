@@ -1,0 +1,210 @@
+"""The worker: pulls trials of a study from the database until its budget is spent.
+
+One loop: take the budget lock -> count -> ask -> run with a heartbeat -> tell. A reaper thread fails
+and retries dead workers' trials. SIGTERM/SIGINT end the current trial as FAIL ("interrupted", so it is
+retried) and exit; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tuner.budget import budget_lock, can_start, trial_counts
+from tuner.config import StudyConfig
+from tuner.data import load_data
+from tuner.errors import TunerError
+from tuner.objective import EpochEvent, run_trial
+from tuner.recovery import Reaper, RetryFailedTrial, TrialHeartbeat
+from tuner.storage import make_storage
+from tuner.study import load_config, tuner_studies
+from tuner.train import Stopped
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialEvent:
+    study: str
+    trial: int
+    state: str  # COMPLETE | PRUNED | FAIL | LOST
+    value: float | None
+    detail: str
+
+
+class _Signals:
+    """First SIGTERM/SIGINT: stop after failing the current trial cleanly. Second: exit now."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.signum = 0
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.stop.is_set():
+            os._exit(128 + signum)
+        self.signum = signum
+        self.stop.set()
+        _log.warning("%s received: failing the current trial as 'interrupted' and exiting "
+                     "(send it again to exit at once)", signal.Signals(signum).name)
+
+
+def _make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    # Each worker seeds its sampler differently (host, pid): with one seed, parallel workers would
+    # propose identical trials. A trial's training is still seeded by the study seed + trial number.
+    seed = hash((config.study.seed, socket.gethostname(), os.getpid())) % 2**31
+    if config.study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    if config.pruner.type == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=config.pruner.n_startup_trials,
+                                       n_warmup_steps=config.pruner.n_warmup_steps)
+
+
+class Worker:
+    def __init__(
+        self,
+        url: str,
+        device: torch.device,
+        *,
+        on_epoch: Callable[[EpochEvent], None] = lambda e: None,
+        on_trial: Callable[[TrialEvent], None] = lambda e: None,
+    ):
+        self.url, self.device = url, device
+        self.on_epoch, self.on_trial = on_epoch, on_trial
+        self.signals = _Signals()
+
+    def run(self, study_name: str | None) -> int:
+        """Serve one study (or every unfinished one, oldest first); returns the process exit code."""
+        self.signals.install()
+        if study_name is not None:
+            self._serve(study_name)
+        else:
+            served: set[str] = set()
+            while not self.signals.stop.is_set():
+                pending = [n for n in tuner_studies(make_storage(self.url)) if n not in served]
+                if not pending:
+                    break
+                served.add(pending[0])
+                self._serve(pending[0])
+        return 128 + self.signals.signum if self.signals.stop.is_set() else 0
+
+    def _serve(self, name: str) -> None:
+        config = load_config(make_storage(self.url), name)
+        w = config.worker
+        storage = make_storage(self.url, heartbeat_interval=w.heartbeat_interval, grace_period=w.grace_period,
+                               heartbeat_stale_trial_callback=RetryFailedTrial(max_retry=config.study.max_retries))
+        study = optuna.load_study(study_name=name, storage=storage, sampler=_make_sampler(config),
+                                  pruner=_make_pruner(config))
+        data = load_data(config.task).to(self.device)  # once per worker and study, not per trial
+        self.storage = storage  # the RDBStorage itself (study._storage is Optuna's caching wrapper)
+        reaper = Reaper(study, storage, w.reaper_period)
+        reaper.start()
+        _log.info("serving study %r on %s", name, self.device)
+        try:
+            while not self.signals.stop.is_set():
+                trial = self._next_trial(study, config)
+                if trial is None:
+                    break
+                if trial is _WAIT:
+                    self.signals.stop.wait(w.reaper_period)
+                    continue
+                self._run_one(study, trial, config, data)
+        finally:
+            reaper.stop()
+
+    def _next_trial(self, study: optuna.Study, config: StudyConfig) -> optuna.Trial | object | None:
+        """A new trial, _WAIT (others' running trials hold the rest of the budget), or None (done)."""
+        storage, study_id = self.storage, study._study_id
+        with budget_lock(storage, study_id):
+            counts = trial_counts(storage, study_id)
+            if counts.finished >= config.study.n_trials:
+                return None
+            if counts["FAIL"] >= config.study.max_failures:
+                raise TunerError(f"study {study.study_name!r}: {counts['FAIL']} trials failed "
+                                 f"(study.max_failures = {config.study.max_failures}); see `tuner status` "
+                                 "and the trials' fail_reason")
+            if not can_start(counts, config.study.n_trials):
+                return _WAIT
+            trial = study.ask()
+            # The first heartbeat now, not a tick later: a trial without one is invisible to the reaper.
+            storage.record_heartbeat(trial._trial_id)
+            return trial
+
+    def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, data) -> None:
+        heartbeat = TrialHeartbeat(self.storage, trial._trial_id, config.worker.heartbeat_interval)
+        heartbeat.start()
+        started = time.monotonic()
+        state, value, reason = TrialState.COMPLETE, None, ""
+        try:
+            value = run_trial(trial, config, data, self.device, should_stop=self.signals.stop.is_set,
+                              on_epoch=self.on_epoch)
+            if not math.isfinite(value):
+                state, reason = TrialState.FAIL, f"objective returned {value}"
+        except optuna.TrialPruned as exc:
+            state, reason = TrialState.PRUNED, str(exc)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._lost(study, trial)
+            return
+        except Stopped:
+            state, reason = TrialState.FAIL, "interrupted"
+        except torch.cuda.OutOfMemoryError as exc:
+            state, reason = TrialState.FAIL, f"CUDA out of memory: {str(exc).splitlines()[0]}"
+            torch.cuda.empty_cache()
+        except Exception as exc:  # the objective's own failure: record it, keep the worker going
+            state, reason = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
+            _log.debug("trial %d failed", trial.number, exc_info=True)
+        finally:
+            heartbeat.stop()
+        self._tell(study, trial, state, value, reason, time.monotonic() - started)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
+              reason: str, wall_time: float) -> None:
+        try:
+            trial.set_user_attr("wall_time_s", round(wall_time, 3))
+            if state == TrialState.FAIL:
+                trial.set_user_attr("fail_reason", reason)
+                with budget_lock(self.storage, study._study_id):
+                    frozen = study.tell(trial, state=TrialState.FAIL)
+                    self.storage.get_heartbeat_stale_trial_callback()(study, frozen)
+            elif state == TrialState.PRUNED:
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._lost(study, trial)
+            return
+        except ValueError as exc:
+            if "Cannot tell" not in str(exc):
+                raise
+            self._lost(study, trial)
+            return
+        self.on_trial(TrialEvent(study.study_name, trial.number, state.name, value, reason))
+
+    def _lost(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        """Our trial was failed behind our back (we were paused past the grace period) and retried elsewhere."""
+        _log.warning("trial %d was failed by another worker while this one was unresponsive; "
+                     "dropping its result (its retry counts instead)", trial.number)
+        self.on_trial(TrialEvent(study.study_name, trial.number, "LOST", None, "heartbeat lost"))
+
+
+_WAIT = object()
