@@ -48,6 +48,11 @@ class CheckpointDir:
             old.unlink(missing_ok=True)
         return final
 
+    def keep_only_newest(self) -> None:
+        """A finished trial needs only its final state (for export); the fallback was for retries."""
+        for old in self._files()[1:]:
+            old.unlink(missing_ok=True)
+
     def load_latest(self) -> dict[str, Any] | None:
         """The newest checkpoint that loads; a corrupt one is logged and skipped."""
         for path in self._files():

@@ -18,8 +18,9 @@ from tuner.errors import TunerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter search for PyTorch fine-tuning, on Optuna + PostgreSQL/SQLite.")
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets a fixed width instead of rich's 80 columns, so tables stay whole.
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 STORAGE_HELP = ("Database URL. Default: $TUNER_STORAGE, else the file named by $TUNER_STORAGE_FILE, else "
                 "sqlite:///tuner.db. A URL given here is visible in `ps`: prefer the environment for passwords.")
@@ -70,6 +71,7 @@ def worker(
     """Pull trials from the database and train them until the study's total budget is spent."""
     from tuner.device import pick_device
     from tuner.storage import redact, resolve_storage_url
+    from tuner.study import load_config
     from tuner.worker import Worker
 
     if gpu is not None and cpu:
@@ -81,7 +83,9 @@ def worker(
 
         torch.set_num_threads(threads)
     url = resolve_storage_url(storage)
-    _storage(storage)  # fail fast, with one line, if the database is unreachable
+    st = _storage(storage)  # fail fast, with one line, if the database is unreachable...
+    if study is not None:
+        load_config(st, study)  # ...or the study does not exist
     log = logging.getLogger("tuner")
     log.info("worker on %s, storage %s", device, redact(url))
 

@@ -80,11 +80,13 @@ def run_trial(
         on_epoch(EpochEvent(trial.number, epoch, config.task.epochs, value))
         if trial.should_prune():
             trial.set_user_attr("pruned_at_epoch", epoch)
+            checkpoints.keep_only_newest()
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={value:.4f}")
 
     fit_config = FitConfig(epochs=config.task.epochs, batch_size=config.task.batch_size, lr=hp.lr,
                            weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed)
     final = fit(model, data, fit_config, on_epoch_end, resume=resume, should_stop=should_stop)
+    checkpoints.keep_only_newest()
     if resume is not None and resume["epoch"] >= config.task.epochs:
         return history[-1]  # the original finished training before it died; its result stands
     return final[metric]

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real PostgreSQL with a real password, real worker processes, small study files.
+
+PostgreSQL: $TUNER_TEST_DATABASE_URL if set (its user needs CREATEDB), else a throwaway server started
+here with pgserver (no root, no Docker). Every test gets its own database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "pw-" + uuid.uuid4().hex  # a real secret: the server checks it (scram-sha-256)
+
+
+def start_pgserver(pgdata: Path) -> str:
+    """Start PostgreSQL in pgdata with a `tuner` role that must log in with PASSWORD; returns an admin URL."""
+    import pgserver
+
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    hba = pgdata / "pg_hba.conf"
+    # First matching line wins: the tuner role must authenticate, everyone else stays on trust.
+    hba.write_text("local all tuner scram-sha-256\n" + hba.read_text())
+    server.psql(f"CREATE ROLE tuner LOGIN CREATEDB PASSWORD '{PASSWORD}'; SELECT pg_reload_conf();")
+    return server.get_uri()
+
+
+def admin_and_user_urls(admin_uri: str) -> tuple[str, str]:
+    admin = make_url(admin_uri.replace("postgresql://", "postgresql+psycopg2://", 1))
+    user = admin.set(username="tuner", password=PASSWORD)
+    return admin.render_as_string(hide_password=False), user.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory) -> tuple[str, str]:
+    """(admin URL, password-protected user URL) of the session's PostgreSQL, database 'postgres'."""
+    env_url = os.environ.get("TUNER_TEST_DATABASE_URL")
+    if env_url:
+        return env_url, env_url
+    return admin_and_user_urls(start_pgserver(tmp_path_factory.mktemp("pg") / "data"))
+
+
+def create_database(admin_url: str, user_url: str) -> str:
+    name = "t_" + uuid.uuid4().hex[:12]
+    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        owner = make_url(user_url).username
+        conn.exec_driver_sql(f'CREATE DATABASE {name} OWNER "{owner}"')
+    engine.dispose()
+    return make_url(user_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the real PostgreSQL, reached as the password-protected user."""
+    return create_database(*pg_server)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+def study_file(tmp_path: Path, name: str = "s", *, n_trials: int = 6, epochs: int = 3, extra: str = "",
+               pruner: str = 'type = "median"\nn_startup_trials = 3\nn_warmup_steps = 1', worker: str = "",
+               space: str = "") -> Path:
+    """A small, fast digits study (tiny CNN) for tests."""
+    space = space or textwrap.dedent("""\
+        lr = { low = 1e-3, high = 1e-1, log = true }
+        width = { low = 4, high = 12 }
+        depth = { low = 1, high = 2 }
+        dropout = { low = 0.0, high = 0.3 }
+        weight_decay = { low = 1e-6, high = 1e-2, log = true }
+        """)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f'[study]\nname = "{name}"\nn_trials = {n_trials}\nseed = 0\n{extra}\n'
+        f"[pruner]\n{pruner}\n\n"
+        f'[task]\ndataset = "digits"\nmodel = "cnn"\nepochs = {epochs}\nbatch_size = 128\n\n'
+        + (f"[worker]\n{worker}\n\n" if worker else "")
+        + f"[space]\n{space}"
+    )
+    return path
+
+
+def tuner_env(url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "TUNER_STORAGE": url, "TUNER_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+           "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("TUNER_STORAGE_FILE", None)
+    return env
+
+
+def tuner(*args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None,
+          ) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "tuner", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def start_worker(study: str, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen:
+    """A real worker process on the CPU, one torch thread (tests run several at once on 2 cores)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner", "worker", "--study", study, "--cpu", "--threads", "1", *extra],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes
+
+
+def load(url: str, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)

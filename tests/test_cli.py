@@ -1,0 +1,131 @@
+"""The real CLI in subprocesses: launch-study, bad inputs as one line, readable by plain Optuna."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+
+from conftest import PASSWORD, REPO, study_file, tuner, tuner_env
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert PASSWORD not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def count_studies(url: str) -> int:
+    return len(optuna.storages.RDBStorage(url).get_all_studies())
+
+
+def test_launch_study_stores_the_config_and_prints_the_worker_command(pg_url, tmp_path):
+    path = study_file(tmp_path, "launch-me")
+    result = tuner("launch-study", str(path), env=tuner_env(pg_url, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "tuner worker --study launch-me" in result.stdout
+    storage = optuna.storages.RDBStorage(pg_url)
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name("launch-me"))
+    assert attrs["tuner_config"]["task"]["epochs"] == 3
+    assert attrs["tuner_config"]["space"]["width"] == {"low": 4, "high": 12, "log": False}
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_launching_the_same_file_twice_reuses_the_study(pg_url, tmp_path):
+    path = study_file(tmp_path, "twice")
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    again = tuner("launch-study", str(path), env=env)
+    assert again.returncode == 0 and "reusing" in again.stdout
+    assert count_studies(pg_url) == 1
+
+
+def test_a_different_config_under_an_existing_name_is_refused(pg_url, tmp_path):
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(study_file(tmp_path, "same", epochs=3)), env=env).returncode == 0
+    changed = study_file(tmp_path, "same", epochs=5)
+    assert_one_line_error(tuner("launch-study", str(changed), env=env), "task.epochs (3 -> 5)", "--name")
+    renamed = tuner("launch-study", str(changed), "--name", "same-5", env=env)
+    assert renamed.returncode == 0
+    assert count_studies(pg_url) == 2
+
+
+def test_a_bad_study_file_writes_nothing(pg_url, tmp_path):
+    path = study_file(tmp_path, "bad", space="lr = { low = 0.0, high = 0.1, log = true }\n")
+    result = tuner("launch-study", str(path), env=tuner_env(pg_url, tmp_path))
+    assert_one_line_error(result, str(path), "space.lr.low", "0.0")
+    assert count_studies(pg_url) == 0
+
+
+def test_a_missing_study_is_one_line(pg_url, tmp_path):
+    env = tuner_env(pg_url, tmp_path)
+    for command in (["best", "--study", "nope"], ["worker", "--study", "nope", "--cpu"],
+                    ["status", "--study", "nope"]):
+        assert_one_line_error(tuner(*command, env=env), "no study named 'nope'")
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
+    url = f"postgresql+psycopg2://tuner:{PASSWORD}@127.0.0.1:9/tuner"  # port 9: nothing listens
+    env = tuner_env(url, tmp_path)
+    for command in (["status"], ["worker", "--cpu"], ["launch-study", str(study_file(tmp_path, "u"))]):
+        assert_one_line_error(tuner(*command, env=env), "cannot reach the database", "tuner:***@127.0.0.1:9")
+    flag = tuner("best", "--study", "x", "--storage", url, env=tuner_env("", tmp_path))
+    assert_one_line_error(flag, "cannot reach the database")
+
+
+def test_a_wrong_password_is_one_line_without_the_password(pg_url, tmp_path):
+    wrong = pg_url.replace(PASSWORD, PASSWORD + "-wrong")
+    result = tuner("status", env=tuner_env(wrong, tmp_path))
+    assert_one_line_error(result, "cannot reach the database", "password authentication failed")
+
+
+def test_a_gpu_that_does_not_exist_is_one_line(sqlite_url, tmp_path):
+    result = tuner("worker", "--gpu", "7", env=tuner_env(sqlite_url, tmp_path))
+    assert_one_line_error(result, "--gpu 7: no such GPU")
+
+
+def test_storage_precedence_flag_over_env_over_file(tmp_path, monkeypatch):
+    from tuner.storage import DEFAULT_STORAGE, resolve_storage_url
+
+    secret_file = tmp_path / "url"
+    secret_file.write_text("sqlite:///from-file.db\n")
+    monkeypatch.delenv("TUNER_STORAGE", raising=False)
+    monkeypatch.delenv("TUNER_STORAGE_FILE", raising=False)
+    assert resolve_storage_url(None) == DEFAULT_STORAGE
+    monkeypatch.setenv("TUNER_STORAGE_FILE", str(secret_file))
+    assert resolve_storage_url(None) == "sqlite:///from-file.db"
+    monkeypatch.setenv("TUNER_STORAGE", "sqlite:///from-env.db")
+    assert resolve_storage_url(None) == "sqlite:///from-env.db"
+    assert resolve_storage_url("sqlite:///flag.db") == "sqlite:///flag.db"
+
+
+def test_every_command_has_help():
+    for command in ("launch-study", "worker", "best", "status", "run", "dashboard"):
+        result = tuner(command, "--help", env=tuner_env("", REPO))
+        assert result.returncode == 0 and "Usage" in result.stdout, command
+
+
+def test_studies_are_readable_by_plain_optuna(pg_url, tmp_path):
+    path = study_file(tmp_path, "plain", n_trials=3, epochs=2)
+    env = tuner_env(pg_url, tmp_path)
+    result = tuner("run", str(path), "--workers", "1", "--cpu", env=env)
+    assert result.returncode == 0, result.stderr
+    optuna_cli = str(Path(sys.executable).parent / "optuna")  # Optuna's own console script
+    best = subprocess.run([optuna_cli, "best-trial", "--study-name", "plain", "--storage",
+                           pg_url, "-f", "json"], env=env, capture_output=True, text=True)
+    assert best.returncode == 0, best.stderr
+    ours = json.loads(tuner("best", "--study", "plain", "--format", "json", env=env).stdout)
+    assert json.loads(best.stdout)["number"] == ours["trial"]
+    assert json.loads(best.stdout)["value"] == ours["value"]
+    engine = sqlalchemy.create_engine(pg_url)
+    with engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar() == 3

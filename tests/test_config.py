@@ -1,0 +1,93 @@
+"""Study files: valid ones load; every mistake is one line naming the file, the field and the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner.config import load_config, parse_config
+from tuner.errors import TunerError
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = """
+[study]
+name = "x"
+n_trials = 4
+[task]
+dataset = "digits"
+model = "cnn"
+epochs = 2
+[space]
+lr = { low = 1e-4, high = 3e-1, log = true }
+width = { low = 8, high = 128, log = true }
+depth = { low = 1, high = 4 }
+dropout = { low = 0.0, high = 0.6 }
+weight_decay = { low = 1e-6, high = 1e-1, log = true }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_studies_are_valid():
+    config = load_config(REPO / "studies" / "digits.toml")
+    assert config.study.name == "digits-cnn"
+    assert config.param("width").low == 8 and config.param("width").log
+
+
+def test_a_valid_file_fills_defaults_and_types_ints(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.pruner.type == "median"
+    assert isinstance(config.param("depth").low, int)
+    assert isinstance(config.param("dropout").low, float)
+    assert config.param("optimizer").value == "adamw"  # left out -> fixed at the default
+    assert config.study.max_failures == config.study.n_trials
+
+
+def test_the_stored_form_round_trips(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert parse_config(config.to_dict(), "db") == config
+
+
+def test_name_flag_overrides_the_file(tmp_path):
+    assert load_config(write(tmp_path, GOOD), name="other").study.name == "other"
+
+
+@pytest.mark.parametrize("change, field, value", [
+    (("[task]", "[task]\ncolour = 3"), "task.colour", "3"),
+    (('name = "x"', 'name = "x"\nbudget = 3'), "study.budget", "3"),
+    (("high = 3e-1, log", "high = 1e-5, log"), "space.lr.low", "0.0001"),
+    (("lr = { low = 1e-4", "lr = { low = 0.0"), "space.lr.low", "0.0"),
+    (("dataset = \"digits\"", "dataset = \"mnist\""), "task.dataset", "'mnist'"),
+    (("model = \"cnn\"", "model = \"vgg\""), "task.model", "'vgg'"),
+    (("epochs = 2", "epochs = \"two\""), "task.epochs", "'two'"),
+    (("n_trials = 4", "n_trials = 0"), "study.n_trials", "0"),
+    (("depth = { low = 1, high = 4 }", "depth = { low = 1.5, high = 4 }"), "space.depth.low", "1.5"),
+    (("[space]", "[space]\nmomentum = { low = 0.1, high = 0.9 }"), "space.momentum", "0.9"),
+    (("[task]", "[tsak]"), "tsak", "dataset"),
+    (("dropout = { low = 0.0, high = 0.6 }", "dropout = { low = 0.0, high = 1.0 }"), "space.dropout.high", "1.0"),
+])
+def test_each_mistake_names_file_field_and_value(tmp_path, change, field, value):
+    path = write(tmp_path, GOOD.replace(*change, 1))
+    with pytest.raises(TunerError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"study file {path}: {field} ")
+    assert value in message
+    assert "\n" not in message
+
+
+def test_missing_study_section_is_named(tmp_path):
+    with pytest.raises(TunerError, match=r"section \[study\] is required"):
+        load_config(write(tmp_path, "[task]\nepochs = 2\n"))
+
+
+def test_missing_file_and_bad_toml_are_one_line(tmp_path):
+    with pytest.raises(TunerError, match="no such file"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(TunerError, match="not valid TOML"):
+        load_config(write(tmp_path, "[study\nname="))
