@@ -1,0 +1,82 @@
+"""Reading results without tuner: the README's SQL on PostgreSQL, and optuna-dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import sqlalchemy
+
+from conftest import PASSWORD, REPO, study_file, tuner, tuner_env
+
+
+def readme_sql(study: str) -> str:
+    text = (REPO / "README.md").read_text()
+    sql = re.search(r"<!-- sql:best -->\n```sql\n(.*?)```", text, re.S).group(1)
+    return sql.replace("'digits-cnn'", f"'{study}'")
+
+
+def test_the_readme_sql_returns_the_best_params_with_categoricals_decoded(pg_url, tmp_path):
+    space = ('lr = { low = 1e-3, high = 1e-2, log = true }\nwidth = { low = 4, high = 6 }\n'
+             'optimizer = { choices = ["adamw", "sgd"] }\n')
+    env = tuner_env(pg_url, tmp_path)
+    path = study_file(tmp_path, "sql", n_trials=4, epochs=2, space=space)
+    assert tuner("run", str(path), "--workers", "1", "--cpu", env=env).returncode == 0
+    best = json.loads(tuner("best", "--study", "sql", "--format", "json", env=env).stdout)
+    with sqlalchemy.create_engine(pg_url).connect() as conn:
+        rows = conn.execute(sqlalchemy.text(readme_sql("sql"))).all()
+    assert {row.trial for row in rows} == {best["trial"]}
+    assert rows[0].value == best["value"]
+    params = {row.param_name: row.param_value for row in rows}
+    assert params["optimizer"] == best["params"]["optimizer"]
+    assert params["width"] == str(best["params"]["width"])
+    assert float(params["lr"]) == best["params"]["lr"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def test_the_dashboard_shows_tuner_studies_on_loopback_without_the_password(pg_url, tmp_path):
+    env = tuner_env(pg_url, tmp_path)
+    path = study_file(tmp_path, "dash", n_trials=2, epochs=1)
+    assert tuner("run", str(path), "--workers", "1", "--cpu", env=env).returncode == 0
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "dashboard did not start"
+                time.sleep(0.5)
+        assert '"dash"' in studies
+        study_id = json.loads(studies)["study_summaries"][0]["study_id"]
+        pages = [studies, get(f"http://127.0.0.1:{port}/dashboard"),
+                 get(f"http://127.0.0.1:{port}/api/studies/{study_id}")]
+        assert '"tuner_config"' in pages[2]  # the stored study file is browsable
+        for page in pages:
+            assert PASSWORD not in page
+        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"}
+        assert listening == {"127.0.0.1"}
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0]
+    assert "loopback only" in output
+    assert PASSWORD not in output
