@@ -47,6 +47,13 @@ def trial_counts(storage: optuna.storages.RDBStorage, study_id: int) -> Counts:
     return Counts(collections.Counter({str(state).split(".")[-1]: n for state, n in rows}))
 
 
+def objective_failures(storage: optuna.storages.RDBStorage, study_id: int) -> int:
+    """FAIL trials the objective caused (exception, NaN, OOM). Infrastructure failures do not count:
+    "interrupted" (a signal) and heartbeat-stale trials (no fail_reason: the worker died) are retried."""
+    failed = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    return sum(1 for t in failed if t.user_attrs.get("fail_reason", "interrupted") != "interrupted")
+
+
 def can_start(counts: Counts, n_trials: int) -> bool:
     """A queued retry may always run (it already holds its slot); otherwise only below the budget."""
     return counts["WAITING"] > 0 or counts.committed < n_trials
@@ -67,9 +74,14 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[
             try:
                 yield
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:c, :s)"),
-                             {"c": LOCK_CLASS, "s": study_id})
-                conn.commit()
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:c, :s)"),
+                                 {"c": LOCK_CLASS, "s": study_id})
+                    conn.commit()
+                except sqlalchemy.exc.DBAPIError as exc:
+                    # The connection died with the lock held; PostgreSQL released the lock with it.
+                    if not exc.connection_invalidated and not isinstance(exc, sqlalchemy.exc.OperationalError):
+                        raise
     elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         lock_path = Path(f"{url.database}.tuner-lock")
         with open(lock_path, "a+") as f:

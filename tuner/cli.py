@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from typing import Optional
 
 import typer
@@ -39,6 +40,9 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [%(process)d] %(message)s", datefmt="%H:%M:%S")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tuner logs its own one line per trial
+    # tuner uses heartbeats, fail_stale_trials and the retry callback on purpose, with ask/tell.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 @app.command("launch-study")
@@ -66,10 +70,13 @@ def worker(
     gpu: Optional[int] = typer.Option(None, "--gpu", help="Pin this GPU index (an error if it does not exist)."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even if a GPU is present."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
+    db_retry_seconds: float = typer.Option(600, "--db-retry-seconds", help="Ride out a database outage this "
+                                           "long (retrying with backoff) before exiting."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (tracebacks of failed trials)."),
 ) -> None:
     """Pull trials from the database and train them until the study's total budget is spent."""
     from tuner.device import pick_device
+    from tuner.objective import make_objective
     from tuner.storage import redact, resolve_storage_url
     from tuner.study import load_config
     from tuner.worker import Worker
@@ -97,7 +104,9 @@ def worker(
         detail = f" ({e.detail})" if e.detail else ""
         log.info("trial %d %s%s%s", e.trial, e.state, value, detail)
 
-    raise typer.Exit(Worker(url, device, on_epoch=on_epoch, on_trial=on_trial).run(study))
+    worker = Worker(url, lambda config: make_objective(config, device), on_epoch=on_epoch, on_trial=on_trial,
+                    db_retry_seconds=db_retry_seconds)
+    raise typer.Exit(worker.run(study))
 
 
 @app.command()
@@ -207,7 +216,9 @@ def dashboard(
 def main() -> None:
     """Entry point: a TunerError becomes one line on stderr and exit code 1."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting itself
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except TunerError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)

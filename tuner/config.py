@@ -44,7 +44,7 @@ class StudySection:
     sampler: str = "tpe"
     seed: int = 0
     max_retries: int = 2  # retries of a failed trial (same params) before it is given up
-    max_failures: int = 0  # failed trials after which workers stop the study; 0 = n_trials
+    max_failures: int = 0  # trials failed by the objective (not signals/dead workers) that stop the study; 0 = n_trials
 
 
 @dataclass(frozen=True)

@@ -6,3 +6,11 @@ class TunerError(Exception):
 
     Its message is shown as is, on one line, without a traceback.
     """
+
+
+class Interrupted(Exception):
+    """The worker was asked to stop (SIGTERM/SIGINT) while a trial was running."""
+
+
+class TrialFailed(Exception):
+    """A trial failed for a reason worth recording as is (NaN loss, CUDA out of memory, ...)."""

@@ -15,7 +15,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from tuner.checkpoint import CheckpointDir, checkpoint_root
 from tuner.config import StudyConfig
-from tuner.data import Data
+from tuner.data import Data, load_data
+from tuner.errors import TrialFailed
 from tuner.models import build_cnn, count_parameters
 from tuner.space import suggest_hparams
 from tuner.train import FitConfig, fit
@@ -35,6 +36,25 @@ def lineage_number(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> 
         trial._trial_id)
     original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     return frozen.number if original is None else original
+
+
+# What the worker calls for each trial: (trial, should_stop, on_epoch) -> final metric value.
+Objective = Callable[[optuna.Trial, Callable[[], bool], Callable[[EpochEvent], None]], float]
+
+
+def make_objective(config: StudyConfig, device: torch.device) -> Objective:
+    """The study's objective on `device`; the dataset is loaded and moved there once, not per trial."""
+    data = load_data(config.task).to(device)
+
+    def objective(trial: optuna.Trial, should_stop: Callable[[], bool],
+                  on_epoch: Callable[[EpochEvent], None]) -> float:
+        try:
+            return run_trial(trial, config, data, device, should_stop=should_stop, on_epoch=on_epoch)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()  # give the memory back before the next trial
+            raise TrialFailed(f"CUDA out of memory: {str(exc).splitlines()[0]}") from None
+
+    return objective
 
 
 def run_trial(

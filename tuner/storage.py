@@ -6,10 +6,13 @@ The URL's password is never printed: every message uses ``redact(url)`` and ``sc
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
@@ -25,7 +28,11 @@ POOL_TIMEOUT = 30
 # Seconds SQLite waits on a locked database file before "database is locked".
 SQLITE_BUSY_TIMEOUT = 60
 
+# Backoff between retries of a failed DB call, seconds: doubles from FIRST up to MAX.
+RETRY_FIRST, RETRY_MAX = 0.5, 10.0
+
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_storage_url(flag: str | None = None) -> str:
@@ -89,16 +96,75 @@ def _enable_sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
         conn.exec_driver_sql("PRAGMA journal_mode=WAL")
 
 
+def call_with_retry(fn: Callable[[], T], *, url: str, retry_seconds: float, what: str) -> T:
+    """Call fn; on a connection error wait (0.5 s, 1 s, ... 10 s) and call again, for up to retry_seconds.
+
+    Past that, one TunerError that says how long the database was unreachable (password scrubbed).
+    """
+    deadline, delay, warned = time.monotonic() + retry_seconds, RETRY_FIRST, False
+    while True:
+        try:
+            result = fn()
+            if warned:
+                _log.info("database reachable again (%s)", what)
+            return result
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise TunerError(f"the database at {redact(url)} was unreachable for {retry_seconds:.0f} s "
+                                 f"({what}): {_reason(exc, url)}") from None
+            if not warned:
+                _log.warning("database error in %s, retrying for up to %.0f s: %s", what, retry_seconds,
+                             _reason(exc, url))
+                warned = True
+            time.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX)
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose every call rides out connection errors (a PostgreSQL restart, a killed backend,
+    a dropped idle connection) by retrying with backoff for up to `retry_seconds`.
+
+    A retried write whose first attempt did commit is harmless here: intermediate values and attributes
+    are upserts, a second tell raises UpdateFinishedTrialError (the worker checks the stored state), and a
+    duplicate trial from create_new_trial gets a heartbeat from the reaper and is failed after the grace period.
+    """
+
+    retry_seconds: float = 600.0
+
+
+def _retrying(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return call_with_retry(lambda: method(self, *args, **kwargs), url=self.url,
+                               retry_seconds=self.retry_seconds, what=method.__name__)
+
+    return wrapper
+
+
+# Every public storage call, plus the heartbeat query the reaper uses.
+for _name, _method in vars(optuna.storages.RDBStorage).items():
+    if callable(_method) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
+        setattr(ResilientRDBStorage, _name, _retrying(_method))
+
+
 def make_storage(
     url: str,
     *,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     heartbeat_stale_trial_callback: Any = None,
+    retry_seconds: float | None = None,
 ) -> optuna.storages.RDBStorage:
-    """Open the storage (creating Optuna's tables if needed); one clear TunerError if it cannot be reached."""
+    """Open the storage (creating Optuna's tables if needed); one clear TunerError if it cannot be reached.
+
+    retry_seconds: for long-running workers, ride out DB outages this long (the first connect does not wait:
+    a wrong URL should fail at once).
+    """
+    cls = optuna.storages.RDBStorage if retry_seconds is None else ResilientRDBStorage
     try:
-        storage = optuna.storages.RDBStorage(
+        storage = cls(
             url,
             engine_kwargs=_engine_kwargs(url),
             heartbeat_interval=heartbeat_interval,
@@ -107,6 +173,8 @@ def make_storage(
         )
         if is_sqlite(url):
             _enable_sqlite_wal(storage)
+        if retry_seconds is not None:
+            storage.retry_seconds = retry_seconds
         return storage
     except sqlalchemy.exc.ArgumentError:
         raise TunerError(f"storage URL {redact(url)} is not a valid database URL") from None
@@ -118,16 +186,24 @@ def make_storage(
 
 def _reason(exc: BaseException, url: str) -> str:
     """The driver's first line, without the SQL or the password."""
+    while exc.__cause__ is not None and not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        exc = exc.__cause__  # Optuna's StorageInternalError -> the SQLAlchemy error under it
     original = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(original).splitlines() if line.strip()]
     text = lines[0] if lines else type(original).__name__
     return scrub(text, url)
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """True for errors that a reconnect can cure: server gone, connection dropped, pool exhausted."""
-    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-        return True
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, sqlalchemy.exc.TimeoutError)
+def is_connection_error(exc: BaseException | None) -> bool:
+    """True for errors that a reconnect can cure: server gone, connection dropped, pool exhausted.
+
+    Follows the cause chain: Optuna re-raises a failed commit as StorageInternalError from the driver error.
+    """
+    while exc is not None:
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                            sqlalchemy.exc.TimeoutError)):
+            return True
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__
+    return False

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner.data import Data
+from tuner.errors import Interrupted, TrialFailed
 
 EVAL_BATCH = 1024  # images per forward pass when evaluating; no gradients, so larger is fine
 
@@ -28,10 +29,6 @@ class FitConfig:
     weight_decay: float  # decoupled: AdamW-style, not scaled into the gradient
     optimizer: str  # adamw | sgd
     seed: int  # shuffling order (the model's init is seeded by the caller)
-
-
-class Stopped(Exception):
-    """should_stop() became true mid-epoch: the caller asked to end the run (e.g. SIGTERM)."""
 
 
 EpochCallback = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], None]
@@ -88,7 +85,7 @@ def fit(
         loss_sum = torch.zeros((), device=data.x_train.device)
         for i in range(0, n, cfg.batch_size):
             if should_stop():
-                raise Stopped(f"stopped during epoch {epoch}")
+                raise Interrupted(f"stopped during epoch {epoch}")
             idx = order[i:i + cfg.batch_size]
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -96,7 +93,7 @@ def fit(
             optimizer.step()
             loss_sum += loss.detach()
         if not math.isfinite(loss_sum.item()):
-            raise FloatingPointError(f"training loss is {loss_sum.item()} in epoch {epoch}")
+            raise TrialFailed(f"training loss is {loss_sum.item()} in epoch {epoch}")
         scheduler.step()
 
         # evaluate, then hand the result to the caller (report / checkpoint / prune)

@@ -18,18 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
-from tuner.budget import budget_lock, can_start, trial_counts
+from tuner.budget import budget_lock, can_start, objective_failures, trial_counts
 from tuner.config import StudyConfig
-from tuner.data import load_data
-from tuner.errors import TunerError
-from tuner.objective import EpochEvent, run_trial
+from tuner.errors import Interrupted, TrialFailed, TunerError
 from tuner.recovery import Reaper, RetryFailedTrial, TrialHeartbeat
-from tuner.storage import make_storage
+from tuner.storage import call_with_retry, make_storage
 from tuner.study import load_config, tuner_studies
-from tuner.train import Stopped
 
 _log = logging.getLogger(__name__)
 
@@ -81,15 +77,20 @@ def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 class Worker:
+    """Serves studies from one storage. `make_objective(config)` builds the per-study objective
+    (tuner.objective.make_objective bound to a device; bench/scale.py passes a cheap one)."""
+
     def __init__(
         self,
         url: str,
-        device: torch.device,
+        make_objective: Callable[[StudyConfig], Callable],
         *,
-        on_epoch: Callable[[EpochEvent], None] = lambda e: None,
+        on_epoch: Callable = lambda e: None,
         on_trial: Callable[[TrialEvent], None] = lambda e: None,
+        db_retry_seconds: float = 600.0,
     ):
-        self.url, self.device = url, device
+        self.url, self.make_objective = url, make_objective
+        self.db_retry_seconds = db_retry_seconds  # how long a DB outage is ridden out before exiting
         self.on_epoch, self.on_trial = on_epoch, on_trial
         self.signals = _Signals()
 
@@ -101,7 +102,8 @@ class Worker:
         else:
             served: set[str] = set()
             while not self.signals.stop.is_set():
-                pending = [n for n in tuner_studies(make_storage(self.url)) if n not in served]
+                storage = make_storage(self.url, retry_seconds=self.db_retry_seconds)
+                pending = [n for n in tuner_studies(storage) if n not in served]
                 if not pending:
                     break
                 served.add(pending[0])
@@ -109,17 +111,18 @@ class Worker:
         return 128 + self.signals.signum if self.signals.stop.is_set() else 0
 
     def _serve(self, name: str) -> None:
-        config = load_config(make_storage(self.url), name)
+        config = load_config(make_storage(self.url, retry_seconds=self.db_retry_seconds), name)
         w = config.worker
         storage = make_storage(self.url, heartbeat_interval=w.heartbeat_interval, grace_period=w.grace_period,
-                               heartbeat_stale_trial_callback=RetryFailedTrial(max_retry=config.study.max_retries))
+                               heartbeat_stale_trial_callback=RetryFailedTrial(max_retry=config.study.max_retries),
+                               retry_seconds=self.db_retry_seconds)
         study = optuna.load_study(study_name=name, storage=storage, sampler=_make_sampler(config),
                                   pruner=_make_pruner(config))
-        data = load_data(config.task).to(self.device)  # once per worker and study, not per trial
+        objective = self.make_objective(config)
         self.storage = storage  # the RDBStorage itself (study._storage is Optuna's caching wrapper)
         reaper = Reaper(study, storage, w.reaper_period)
         reaper.start()
-        _log.info("serving study %r on %s", name, self.device)
+        _log.info("serving study %r", name)
         try:
             while not self.signals.stop.is_set():
                 trial = self._next_trial(study, config)
@@ -128,19 +131,27 @@ class Worker:
                 if trial is _WAIT:
                     self.signals.stop.wait(w.reaper_period)
                     continue
-                self._run_one(study, trial, config, data)
+                self._run_one(study, trial, config, objective)
         finally:
             reaper.stop()
 
+    def _with_retry(self, fn: Callable, what: str):
+        """A multi-statement DB step (under the budget lock) retried as a whole on connection errors."""
+        return call_with_retry(fn, url=self.url, retry_seconds=self.db_retry_seconds, what=what)
+
     def _next_trial(self, study: optuna.Study, config: StudyConfig) -> optuna.Trial | object | None:
+        return self._with_retry(lambda: self._next_trial_once(study, config), "next trial")
+
+    def _next_trial_once(self, study: optuna.Study, config: StudyConfig) -> optuna.Trial | object | None:
         """A new trial, _WAIT (others' running trials hold the rest of the budget), or None (done)."""
         storage, study_id = self.storage, study._study_id
         with budget_lock(storage, study_id):
             counts = trial_counts(storage, study_id)
             if counts.finished >= config.study.n_trials:
                 return None
-            if counts["FAIL"] >= config.study.max_failures:
-                raise TunerError(f"study {study.study_name!r}: {counts['FAIL']} trials failed "
+            failures = objective_failures(storage, study_id) if counts["FAIL"] else 0
+            if failures >= config.study.max_failures:
+                raise TunerError(f"study {study.study_name!r}: {failures} trials failed "
                                  f"(study.max_failures = {config.study.max_failures}); see `tuner status` "
                                  "and the trials' fail_reason")
             if not can_start(counts, config.study.n_trials):
@@ -150,14 +161,13 @@ class Worker:
             storage.record_heartbeat(trial._trial_id)
             return trial
 
-    def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, data) -> None:
+    def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, objective: Callable) -> None:
         heartbeat = TrialHeartbeat(self.storage, trial._trial_id, config.worker.heartbeat_interval)
         heartbeat.start()
         started = time.monotonic()
         state, value, reason = TrialState.COMPLETE, None, ""
         try:
-            value = run_trial(trial, config, data, self.device, should_stop=self.signals.stop.is_set,
-                              on_epoch=self.on_epoch)
+            value = objective(trial, self.signals.stop.is_set, self.on_epoch)
             if not math.isfinite(value):
                 state, reason = TrialState.FAIL, f"objective returned {value}"
         except optuna.TrialPruned as exc:
@@ -165,11 +175,12 @@ class Worker:
         except optuna.exceptions.UpdateFinishedTrialError:
             self._lost(study, trial)
             return
-        except Stopped:
+        except Interrupted:
             state, reason = TrialState.FAIL, "interrupted"
-        except torch.cuda.OutOfMemoryError as exc:
-            state, reason = TrialState.FAIL, f"CUDA out of memory: {str(exc).splitlines()[0]}"
-            torch.cuda.empty_cache()
+        except TrialFailed as exc:
+            state, reason = TrialState.FAIL, str(exc)
+        except TunerError:  # the database stayed down past the limit: not the trial's fault
+            raise
         except Exception as exc:  # the objective's own failure: record it, keep the worker going
             state, reason = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
             _log.debug("trial %d failed", trial.number, exc_info=True)
@@ -183,22 +194,28 @@ class Worker:
             trial.set_user_attr("wall_time_s", round(wall_time, 3))
             if state == TrialState.FAIL:
                 trial.set_user_attr("fail_reason", reason)
-                with budget_lock(self.storage, study._study_id):
-                    frozen = study.tell(trial, state=TrialState.FAIL)
-                    self.storage.get_heartbeat_stale_trial_callback()(study, frozen)
+                self._with_retry(lambda: self._fail_and_retry(study, trial), "tell FAIL")
             elif state == TrialState.PRUNED:
                 study.tell(trial, state=TrialState.PRUNED)
             else:
                 study.tell(trial, value)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._lost(study, trial)
-            return
-        except ValueError as exc:
-            if "Cannot tell" not in str(exc):
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            if isinstance(exc, ValueError) and "Cannot tell" not in str(exc):
                 raise
-            self._lost(study, trial)
-            return
+            stored = self.storage.get_trial(trial._trial_id)
+            # Our own tell may have committed just before the connection dropped, and been retried.
+            if stored.state != state or (state == TrialState.COMPLETE and stored.value != value):
+                self._lost(study, trial)
+                return
         self.on_trial(TrialEvent(study.study_name, trial.number, state.name, value, reason))
+
+    def _fail_and_retry(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        # Under the budget lock: between FAIL and the WAITING retry no other worker may take the slot.
+        with budget_lock(self.storage, study._study_id):
+            if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                return  # an earlier attempt of this step committed; its retry is queued already
+            frozen = study.tell(trial, state=TrialState.FAIL)
+            self.storage.get_heartbeat_stale_trial_callback()(study, frozen)
 
     def _lost(self, study: optuna.Study, trial: optuna.Trial) -> None:
         """Our trial was failed behind our back (we were paused past the grace period) and retried elsewhere."""

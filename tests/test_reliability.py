@@ -1,0 +1,341 @@
+"""Workers die, pause, get interrupted, and PostgreSQL restarts: real processes, real signals, real PostgreSQL.
+
+Studies here use a short heartbeat (1 s), grace (3 s) and reaper period (1 s), and fixed params so that
+every trial takes a predictable few seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pgserver
+import sqlalchemy
+from optuna.trial import TrialState
+
+from conftest import (PASSWORD, admin_and_user_urls, create_database, load, start_pgserver, start_worker,
+                      study_file, tuner, tuner_env, wait_all)
+
+FAST_RECOVERY = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
+RECOVERY_BOUND = 1 + 3 + 1  # interval + grace + reaper period, seconds
+# ~0.3-1 s per epoch on one CPU thread: long enough to kill mid-trial, short enough for CI.
+LONG_TRIAL = "lr = 0.01\nwidth = 96\ndepth = 3\n"
+
+
+def long_study(tmp_path: Path, name: str, *, n_trials: int, epochs: int, extra: str = "") -> Path:
+    return study_file(tmp_path, name, n_trials=n_trials, epochs=epochs, space=LONG_TRIAL, worker=FAST_RECOVERY,
+                      pruner='type = "none"', extra=extra)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result is not None and result is not False and result != []:  # trial number 0 counts
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def epoch_reached(log: Path, epoch: int) -> int | None:
+    """The trial number whose epoch `epoch` this worker has logged, if any."""
+    match = re.search(rf"trial (\d+) epoch {epoch}/", log.read_text() if log.exists() else "")
+    return int(match.group(1)) if match else None
+
+
+def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return load(url, name).get_trials(deepcopy=False)
+
+
+def state_of(url: str, name: str, number: int) -> TrialState:
+    return next(t.state for t in trials(url, name) if t.number == number)
+
+
+def retries_of(url: str, name: str, number: int) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials(url, name) if t.system_attrs.get("failed_trial") == number]
+
+
+def logged_epochs(log: Path, trial: int) -> list[int]:
+    return [int(e) for e in re.findall(rf"trial {trial} epoch (\d+)/", log.read_text())]
+
+
+def assert_clean_logs(*logs: Path) -> None:
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text, text[-3000:]
+        assert "Cannot tell" not in text
+        assert PASSWORD not in text
+
+
+def test_a_killed_workers_trial_is_failed_while_others_are_busy_and_resumed_once(pg_url, tmp_path):
+    path = long_study(tmp_path, "kill", n_trials=3, epochs=16)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    logs = [tmp_path / f"w{i}.log" for i in range(3)]
+    procs = [start_worker("kill", env, log) for log in logs]
+    victim = wait_for(lambda: epoch_reached(logs[0], 3), 120, "worker 0 to reach epoch 3")
+    procs[0].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    procs[0].wait()
+    last_reported = max(next(t for t in trials(pg_url, "kill") if t.number == victim).intermediate_values)
+
+    # The other two workers are mid-trial: only their reaper threads can notice.
+    wait_for(lambda: state_of(pg_url, "kill", victim) == TrialState.FAIL, 30, "the dead trial to be failed",
+             interval=0.1)
+    recovered_in = time.monotonic() - killed_at
+    busy = [t for t in trials(pg_url, "kill") if t.state == TrialState.RUNNING and t.number != victim]
+    assert len(busy) == 2, "the other workers were not busy when the dead trial was failed"
+    assert recovered_in <= RECOVERY_BOUND + 2.5, recovered_in  # + one DB round trip and scheduling slack
+
+    assert wait_all(procs[1:], timeout=300) == [0, 0]
+    (retry,) = retries_of(pg_url, "kill", victim)
+    assert retry.state == TrialState.COMPLETE
+    victim_trial = next(t for t in trials(pg_url, "kill") if t.number == victim)
+    assert retry.params == victim_trial.params
+    # It resumed from the last checkpoint (written right after each report) and trained only the rest.
+    resumed = retry.user_attrs["resumed_from_epoch"]
+    assert resumed in (last_reported, last_reported - 1) and resumed >= 3
+    retry_log = next(log for log in logs[1:] if f"trial {retry.number} epoch" in log.read_text())
+    assert logged_epochs(retry_log, retry.number) == list(range(resumed + 1, 17))
+    assert sorted(retry.intermediate_values) == list(range(1, 17))  # the same curve length as uninterrupted
+    states = [t.state for t in trials(pg_url, "kill")]
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
+    assert_clean_logs(*logs[1:])
+
+
+def test_sigterm_fails_the_trial_as_interrupted_exits_promptly_and_the_retry_finishes(pg_url, tmp_path):
+    path = long_study(tmp_path, "term", n_trials=1, epochs=8)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    log = tmp_path / "w.log"
+    proc = start_worker("term", env, log)
+    victim = wait_for(lambda: epoch_reached(log, 2), 120, "epoch 2")
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    assert proc.wait(timeout=15) == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 5
+    (failed,) = [t for t in trials(pg_url, "term") if t.number == victim]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
+    assert not [t for t in trials(pg_url, "term") if t.state == TrialState.RUNNING]
+    (retry,) = retries_of(pg_url, "term", victim)
+    assert retry.state == TrialState.WAITING
+
+    again = tuner("worker", "--study", "term", "--cpu", "--threads", "1", env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (retry,) = retries_of(pg_url, "term", victim)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
+    assert "fail_reason" not in retry.user_attrs
+    assert_clean_logs(log)
+
+
+def test_a_worker_paused_past_the_grace_period_drops_its_stale_result(pg_url, tmp_path):
+    path = long_study(tmp_path, "pause", n_trials=2, epochs=8)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    logs = [tmp_path / "paused.log", tmp_path / "other.log"]
+    procs = [start_worker("pause", env, log) for log in logs]
+    victim = wait_for(lambda: epoch_reached(logs[0], 2), 120, "epoch 2")
+    procs[0].send_signal(signal.SIGSTOP)
+    wait_for(lambda: retries_of(pg_url, "pause", victim), 30, "the paused trial to be failed and retried")
+    time.sleep(1)
+    procs[0].send_signal(signal.SIGCONT)
+    assert wait_all(procs, timeout=300) == [0, 0]
+    all_trials = trials(pg_url, "pause")
+    assert sum(t.state == TrialState.COMPLETE for t in all_trials) == 2  # one result per slot, not three
+    assert next(t for t in all_trials if t.number == victim).state == TrialState.FAIL
+    assert logs[0].read_text().count("dropping its result") == 1
+    assert_clean_logs(*logs)
+
+
+def test_eight_workers_finish_exactly_the_budget_even_when_stopped_and_restarted(pg_url, tmp_path):
+    path = study_file(tmp_path, "eight", n_trials=40, epochs=2, worker=FAST_RECOVERY)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+
+    def finished() -> int:
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials(pg_url, "eight"))
+
+    first = [start_worker("eight", env, tmp_path / f"a{i}.log") for i in range(8)]
+    wait_for(lambda: finished() >= 25, 300, "25 finished trials", interval=0.05)
+    for p in first:
+        p.send_signal(signal.SIGTERM)
+    codes = wait_all(first, timeout=60)
+    assert all(code in (0, 128 + signal.SIGTERM) for code in codes), codes
+    assert finished() < 40
+    assert not [t for t in trials(pg_url, "eight") if t.state == TrialState.RUNNING]
+
+    second = [start_worker("eight", env, tmp_path / f"b{i}.log") for i in range(8)]
+    assert wait_all(second, timeout=300) == [0] * 8
+    all_trials = trials(pg_url, "eight")
+    assert finished() == 40
+    assert sorted(t.number for t in all_trials) == list(range(len(all_trials)))
+    assert not [t for t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in all_trials:  # every interrupted trial was retried (the cap is 2)
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs["fail_reason"] == "interrupted"
+            assert retries_of(pg_url, "eight", t.number)
+    assert_clean_logs(*tmp_path.glob("[ab]*.log"))
+
+
+def _restart_postgres(pgdata: Path, admin_uri: str, down_for: float) -> None:
+    """Stop the server (fast: every connection is cut), keep it down, start it again on the same socket."""
+    socket_dir = re.search(r"host=([^&]+)", admin_uri).group(1)
+    pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="pgserver")
+    time.sleep(down_for)
+    pgserver._commands.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"],
+                              pgdata=pgdata, user="pgserver")
+
+
+def _assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> None:
+    all_trials = trials(url, name)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in all_trials) == n_trials
+    for t in all_trials:
+        if t.state == TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+
+
+def test_workers_ride_out_a_postgresql_restart(tmp_path):
+    pgdata = tmp_path / "pg"
+    admin_uri = start_pgserver(pgdata)
+    url = create_database(*admin_and_user_urls(admin_uri))
+    path = long_study(tmp_path, "restart", n_trials=6, epochs=4)
+    env = tuner_env(url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [start_worker("restart", env, log) for log in logs]
+    wait_for(lambda: epoch_reached(logs[0], 2), 120, "training to be under way")
+    _restart_postgres(pgdata, admin_uri, down_for=5)
+    assert wait_all(procs, timeout=400) == [0, 0], [log.read_text()[-2000:] for log in logs]
+    _assert_nothing_lost(url, "restart", 6, 4)
+    assert any("retrying" in log.read_text() for log in logs)  # they did see the outage
+    assert_clean_logs(*logs)
+
+
+def test_workers_ride_out_killed_backend_connections(pg_url, pg_server, tmp_path):
+    path = long_study(tmp_path, "terminate", n_trials=6, epochs=4)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [start_worker("terminate", env, log) for log in logs]
+    database = sqlalchemy.engine.make_url(pg_url).database
+    admin = sqlalchemy.create_engine(pg_server[0], isolation_level="AUTOCOMMIT")
+    killed = 0
+    for _ in range(3):  # three rounds, each cutting every connection of the study's database
+        wait_for(lambda: epoch_reached(logs[0], 2), 120, "training to be under way")
+        with admin.connect() as conn:
+            killed += conn.execute(sqlalchemy.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :d"),
+                {"d": database}).scalar()
+        time.sleep(1.5)
+    admin.dispose()
+    assert killed > 0
+    assert wait_all(procs, timeout=400) == [0, 0], [log.read_text()[-2000:] for log in logs]
+    _assert_nothing_lost(pg_url, "terminate", 6, 4)
+    assert_clean_logs(*logs)
+
+
+def test_a_long_trial_under_cpu_load_is_never_falsely_failed(pg_url, tmp_path):
+    path = long_study(tmp_path, "load", n_trials=1, epochs=12)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    # Two busy-looping processes saturate both cores for the whole trial.
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        log = tmp_path / "w.log"
+        assert wait_all([start_worker("load", env, log)], timeout=400) == [0]
+    finally:
+        for b in burners:
+            b.kill()
+    (trial,) = trials(pg_url, "load")
+    assert trial.state == TrialState.COMPLETE and trial.datetime_complete - trial.datetime_start
+    assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 3  # longer than the grace period
+    assert "dropping its result" not in log.read_text()
+    assert_clean_logs(log)
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_retry_cap_holds(pg_url, tmp_path):
+    # lr 1e38 with SGD: the weights overflow float32 and the loss is NaN in the first epoch (seeded, so always).
+    space = 'lr = 1e38\noptimizer = "sgd"\nwidth = 4\ndepth = 1\n'
+    path = study_file(tmp_path, "nan", n_trials=3, epochs=2, space=space, worker=FAST_RECOVERY,
+                      extra="max_retries = 1\nmax_failures = 4")
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    result = tuner("worker", "--study", "nan", "--cpu", "--threads", "1", env=env)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: study 'nan': 4 trials failed (study.max_failures = 4); see `tuner status` and the "
+                     "trials' fail_reason"]
+    all_trials = trials(pg_url, "nan")
+    assert [t.state for t in all_trials] == [TrialState.FAIL] * 4
+    assert all(re.fullmatch(r"training loss is (nan|inf) in epoch 1", t.user_attrs["fail_reason"])
+               for t in all_trials)
+    # trial 0 -> retry 1 (cap 1 reached) -> new trial 2 -> retry 3
+    assert [t.system_attrs.get("failed_trial") for t in all_trials] == [None, 0, None, 2]
+    assert "Traceback" not in result.stderr
+
+
+def test_an_objective_that_raises_is_failed_with_the_reason_and_the_worker_goes_on(pg_url, tmp_path):
+    path = study_file(tmp_path, "raise", n_trials=2, epochs=1, extra="max_retries = 0\nmax_failures = 2")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("checkpoints cannot be written under a file")
+    env = tuner_env(pg_url, tmp_path, TUNER_CHECKPOINT_DIR=str(blocker))
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    result = tuner("worker", "--study", "raise", "--cpu", env=env)
+    assert result.returncode == 1 and "2 trials failed" in result.stderr
+    all_trials = trials(pg_url, "raise")
+    assert len(all_trials) == 2  # it went on to a second trial after the first failed
+    for t in all_trials:
+        assert t.state == TrialState.FAIL
+        assert t.user_attrs["fail_reason"].startswith(("FileExistsError", "NotADirectoryError"))
+        assert str(blocker) in t.user_attrs["fail_reason"]
+    assert not retries_of(pg_url, "raise", 0)  # max_retries = 0
+
+
+def test_several_processes_on_sqlite_finish_the_budget_without_lock_errors(sqlite_url, tmp_path):
+    path = study_file(tmp_path, "lite", n_trials=20, epochs=2)
+    env = tuner_env(sqlite_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    logs = [tmp_path / f"w{i}.log" for i in range(4)]
+    assert wait_all([start_worker("lite", env, log) for log in logs], timeout=400) == [0] * 4
+    states = [t.state for t in trials(sqlite_url, "lite")]
+    assert len(states) == 20 and all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    for log in logs:
+        assert "database is locked" not in log.read_text()
+    assert_clean_logs(*logs)
+
+
+def test_the_password_is_not_in_ps_or_logs_of_tuner_run(pg_url, tmp_path):
+    path = long_study(tmp_path, "secret", n_trials=2, epochs=3)
+    env = tuner_env(pg_url, tmp_path)
+    run = subprocess.Popen([sys.executable, "-m", "tuner", "run", str(path), "--workers", "2", "--cpu"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    while run.poll() is None:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        seen += [line for line in ps.splitlines() if "tuner worker" in line or "-m tuner" in line]
+        assert PASSWORD not in ps
+        time.sleep(0.3)
+    output = run.stdout.read()
+    assert run.returncode == 0, output[-3000:]
+    assert any("worker --study secret" in line for line in seen)  # we did look at the workers
+    assert PASSWORD not in output
+    assert "tuner:***@" in output  # the workers log the redacted URL
+
+
+def test_a_worker_that_cannot_get_a_connection_says_so(pg_server, tmp_path):
+    admin = sqlalchemy.create_engine(pg_server[0], isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("DROP ROLE IF EXISTS capped")
+        conn.exec_driver_sql("CREATE ROLE capped LOGIN CONNECTION LIMIT 0")
+    admin.dispose()
+    url = sqlalchemy.engine.make_url(pg_server[0]).set(username="capped").render_as_string(hide_password=False)
+    result = tuner("worker", "--cpu", env=tuner_env(url, tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("error: cannot reach the database")]
+    assert "too many connections" in result.stderr
