@@ -339,3 +339,34 @@ def test_a_worker_that_cannot_get_a_connection_says_so(pg_server, tmp_path):
     assert result.stderr.strip().splitlines() == [
         line for line in result.stderr.strip().splitlines() if line.startswith("error: cannot reach the database")]
     assert "too many connections" in result.stderr
+
+
+def test_a_second_signal_exits_at_once(pg_url, tmp_path):
+    path = long_study(tmp_path, "twice", n_trials=1, epochs=30)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    log = tmp_path / "w.log"
+    proc = start_worker("twice", env, log)
+    wait_for(lambda: epoch_reached(log, 1), 120, "epoch 1")
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=5) == 128 + signal.SIGINT
+
+
+def test_a_worker_exits_with_one_line_when_the_database_stays_down(tmp_path):
+    pgdata = tmp_path / "pg"
+    admin_uri = start_pgserver(pgdata)
+    url = create_database(*admin_and_user_urls(admin_uri))
+    path = long_study(tmp_path, "down", n_trials=2, epochs=30)
+    env = tuner_env(url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    log = tmp_path / "w.log"
+    proc = start_worker("down", env, log, "--db-retry-seconds", "5")
+    wait_for(lambda: epoch_reached(log, 1), 120, "epoch 1")
+    pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="pgserver")
+    assert proc.wait(timeout=90) == 1
+    text = log.read_text()
+    (error,) = [line for line in text.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: the database at postgresql+psycopg2://tuner:***@")
+    assert "was unreachable for 5 s" in error
+    assert "Traceback" not in text and PASSWORD not in text

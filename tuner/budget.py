@@ -20,6 +20,9 @@ from sqlalchemy.engine import make_url
 
 # Two-key advisory lock namespace: (LOCK_CLASS, study_id). Any constant no other app uses.
 LOCK_CLASS = 0x7475  # "tu"
+# How long a lock holder may stay idle inside its critical section before PostgreSQL ends its session.
+# The section itself takes milliseconds; only a frozen process gets near this.
+HOLDER_IDLE_LIMIT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -63,23 +66,25 @@ def can_start(counts: Counts, n_trials: int) -> bool:
 def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[None]:
     """Serialise count-then-create across all workers of a study.
 
-    PostgreSQL: a session advisory lock (released by the server if the holder dies).
+    PostgreSQL: a transaction advisory lock (released by the server if the holder dies or freezes).
     SQLite: an flock on a file beside the database (SQLite means one host).
     """
     url = make_url(str(storage.url))
     if url.get_backend_name() == "postgresql":
         with storage.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:c, :s)"), {"c": LOCK_CLASS, "s": study_id})
-            conn.commit()
+            # A transaction-level lock, and a server-side limit on how long its holder may sit idle in the
+            # transaction: a holder that is frozen (SIGSTOP, a paused VM) inside the critical section has its
+            # session ended by PostgreSQL after HOLDER_IDLE_LIMIT_MS, which releases the lock for everyone else.
+            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {HOLDER_IDLE_LIMIT_MS}")
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"), {"c": LOCK_CLASS, "s": study_id})
             try:
                 yield
             finally:
                 try:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:c, :s)"),
-                                 {"c": LOCK_CLASS, "s": study_id})
-                    conn.commit()
+                    conn.commit()  # releases the lock
                 except sqlalchemy.exc.DBAPIError as exc:
-                    # The connection died with the lock held; PostgreSQL released the lock with it.
+                    # The session died with the lock held (server restart, or the idle limit above);
+                    # PostgreSQL released the lock with it.
                     if not exc.connection_invalidated and not isinstance(exc, sqlalchemy.exc.OperationalError):
                         raise
     elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):

@@ -1,0 +1,47 @@
+"""The budget lock on a real PostgreSQL, with a real frozen process holding it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from tuner.budget import HOLDER_IDLE_LIMIT_MS, budget_lock
+from tuner.storage import make_storage
+
+FREEZE_INSIDE_THE_LOCK = """
+import os, signal, sys
+from tuner.budget import budget_lock
+from tuner.storage import make_storage
+storage = make_storage(sys.argv[1])
+with budget_lock(storage, 1):
+    print("locked", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)  # frozen inside the critical section, connection still open
+"""
+
+
+def test_a_frozen_lock_holder_does_not_stall_the_other_workers(pg_url):
+    holder = subprocess.Popen([sys.executable, "-c", FREEZE_INSIDE_THE_LOCK, pg_url], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        storage = make_storage(pg_url)
+        started = time.monotonic()
+        with budget_lock(storage, 1):
+            waited = time.monotonic() - started
+        limit = HOLDER_IDLE_LIMIT_MS / 1000
+        assert limit - 1 <= waited <= limit + 5, waited  # it was really held, and released by the server
+        with budget_lock(storage, 2):  # other studies' locks are independent
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_is_free_again_after_a_normal_exit(pg_url):
+    storage = make_storage(pg_url)
+    for _ in range(3):
+        started = time.monotonic()
+        with budget_lock(storage, 7):
+            pass
+        assert time.monotonic() - started < 2
