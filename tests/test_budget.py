@@ -37,11 +37,3 @@ def test_a_frozen_lock_holder_does_not_stall_the_other_workers(pg_url):
         holder.kill()
         holder.wait()
 
-
-def test_the_lock_is_free_again_after_a_normal_exit(pg_url):
-    storage = make_storage(pg_url)
-    for _ in range(3):
-        started = time.monotonic()
-        with budget_lock(storage, 7):
-            pass
-        assert time.monotonic() - started < 2
