@@ -156,10 +156,9 @@ class Worker:
                                  "and the trials' fail_reason")
             if not can_start(counts, config.study.n_trials):
                 return _WAIT
-            trial = study.ask()
-            # The first heartbeat now, not a tick later: a trial without one is invisible to the reaper.
-            storage.record_heartbeat(trial._trial_id)
-            return trial
+            # No heartbeat is written here: the trial's heartbeat thread writes its first one as it starts,
+            # and the reaper starts the clock for a trial whose worker died before that.
+            return study.ask()
 
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, objective: Callable) -> None:
         heartbeat = TrialHeartbeat(self.storage, trial._trial_id, config.worker.heartbeat_interval)
