@@ -92,10 +92,16 @@ def run_one(url: str, workers: int, trials: int) -> dict:
                               stderr=subprocess.PIPE, text=True) for _ in range(workers)]
     results = [p.communicate() for p in procs]
     wall = time.perf_counter() - started
-    cycles, errors = [], 0
+    cycles, errors, messages = [], 0, set()
     for p, (out, err) in zip(procs, results):
         errors += p.returncode != 0
-        errors += sum(1 for line in err.splitlines() if line.startswith(("ERROR", "Traceback", "error:")))
+        bad = [line for line in err.splitlines() if line.startswith(("ERROR", "Traceback", "error:", "WARNING"))]
+        errors += sum(1 for line in bad if not line.startswith("WARNING"))
+        messages.update(line[:300] for line in bad)
+        if p.returncode != 0 or any(line.startswith("Traceback") for line in bad):
+            log = Path(tempfile.gettempdir()) / f"scale-{workers}-worker-{p.pid}.log"
+            log.write_text(err)
+            messages.add(f"worker log: {log}")
         for line in out.splitlines():
             if line.startswith("{"):
                 # each worker's first cycle includes its start-up (imports, connect): not storage overhead
@@ -103,6 +109,8 @@ def run_one(url: str, workers: int, trials: int) -> dict:
     study = optuna.load_study(study_name=name, storage=url)
     finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     errors += finished != trials
+    for message in sorted(messages)[:10]:
+        print(f"  [{workers} workers] {message}", file=sys.stderr)
     cycles_ms = sorted(c * 1000 for c in cycles)
     return {"workers": workers, "trials": finished, "wall_s": wall, "trials_per_s": finished / wall,
             "p50_ms": statistics.median(cycles_ms),
@@ -118,6 +126,7 @@ def throwaway_postgres(max_connections: int) -> str:
     server.psql(f"ALTER SYSTEM SET max_connections = {max_connections};")
     pgserver._commands.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user)
     throwaway_postgres.server = server  # keep the handle alive: the server stops when it is collected
+    print(f"throwaway PostgreSQL, max_connections = {server.psql('SHOW max_connections;').split()[2]}")
     return server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
 
 

@@ -77,7 +77,7 @@ def worker(
     """Pull trials from the database and train them until the study's total budget is spent."""
     from tuner.device import pick_device
     from tuner.objective import make_objective
-    from tuner.storage import redact, resolve_storage_url
+    from tuner.storage import brief_storage, redact, resolve_storage_url
     from tuner.study import load_config
     from tuner.worker import Worker
 
@@ -90,9 +90,9 @@ def worker(
 
         torch.set_num_threads(threads)
     url = resolve_storage_url(storage)
-    st = _storage(storage)  # fail fast, with one line, if the database is unreachable...
-    if study is not None:
-        load_config(st, study)  # ...or the study does not exist
+    with brief_storage(url) as st:  # fail fast, with one line, if the database is unreachable...
+        if study is not None:
+            load_config(st, study)  # ...or the study does not exist
     log = logging.getLogger("tuner")
     log.info("worker on %s, storage %s", device, redact(url))
 
@@ -126,6 +126,16 @@ def best(
                                    "fixed": b.fixed, "param_count": b.param_count, "epochs_run": b.epochs_run}))
         return
     _print_best(b)
+
+
+def _device_args(index: int, cpu: bool) -> list[str]:
+    """Worker `index` of `tuner run`: the CPU, or the GPUs in turn (several workers may share one GPU)."""
+    if cpu:
+        return ["--cpu"]
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["--gpu", str(index % gpus)] if gpus else ["--cpu"]
 
 
 def _print_best(b) -> None:
@@ -186,11 +196,15 @@ def run(
     env = {**os.environ, "TUNER_STORAGE": url}
     threads = max(1, (os.cpu_count() or 1) // workers)
     cmd = [sys.executable, "-m", "tuner", "worker", "--study", config.study.name, "--threads", str(threads)]
-    if cpu:
-        cmd.append("--cpu")
     started = time.monotonic()
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
-    codes = [p.wait() for p in procs]
+    procs = [subprocess.Popen(cmd + _device_args(i, cpu), env=env) for i in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the workers got the Ctrl-C too: let them fail their trials cleanly
+        err.print("waiting for the workers to stop (Ctrl-C again to exit at once)", markup=False)
+        for p in procs:
+            p.wait()
+        raise typer.Exit(130) from None
     if any(codes):
         raise TunerError(f"workers exited with codes {codes}; see their log above")
     out.print(f"finished in {time.monotonic() - started:.0f} s")

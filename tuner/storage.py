@@ -6,11 +6,12 @@ The URL's password is never printed: every message uses ``redact(url)`` and ``sc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -207,3 +208,14 @@ def is_connection_error(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__
     return False
+
+
+@contextlib.contextmanager
+def brief_storage(url: str, **kwargs: Any) -> Iterator[optuna.storages.RDBStorage]:
+    """A storage for a few calls, whose connections are closed afterwards, so that a long-running worker
+    holds only its one pool (at most POOL_SIZE connections) and not idle leftovers of set-up steps."""
+    storage = make_storage(url, **kwargs)
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()

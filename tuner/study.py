@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from tuner.budget import trial_counts
 from tuner.config import StudyConfig, parse_config
@@ -124,13 +123,3 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
         best = optuna.load_study(study_name=name, storage=storage).best_value
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
                        direction=config.study.direction)
-
-
-def is_finished(storage: optuna.storages.RDBStorage, name: str) -> bool:
-    config = load_config(storage, name)
-    counts = trial_counts(storage, storage.get_study_id_from_name(name))
-    return counts.finished >= config.study.n_trials
-
-
-# Re-exported for callers that only need the states tuner counts.
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)

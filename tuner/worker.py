@@ -24,7 +24,7 @@ from tuner.budget import budget_lock, can_start, objective_failures, trial_count
 from tuner.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
 from tuner.recovery import Reaper, RetryFailedTrial, TrialHeartbeat
-from tuner.storage import call_with_retry, make_storage
+from tuner.storage import brief_storage, call_with_retry, make_storage
 from tuner.study import load_config, tuner_studies
 
 _log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ class Worker:
         else:
             served: set[str] = set()
             while not self.signals.stop.is_set():
-                storage = make_storage(self.url, retry_seconds=self.db_retry_seconds)
-                pending = [n for n in tuner_studies(storage) if n not in served]
+                with brief_storage(self.url, retry_seconds=self.db_retry_seconds) as storage:
+                    pending = [n for n in tuner_studies(storage) if n not in served]
                 if not pending:
                     break
                 served.add(pending[0])
@@ -111,7 +111,8 @@ class Worker:
         return 128 + self.signals.signum if self.signals.stop.is_set() else 0
 
     def _serve(self, name: str) -> None:
-        config = load_config(make_storage(self.url, retry_seconds=self.db_retry_seconds), name)
+        with brief_storage(self.url, retry_seconds=self.db_retry_seconds) as config_storage:
+            config = load_config(config_storage, name)
         w = config.worker
         storage = make_storage(self.url, heartbeat_interval=w.heartbeat_interval, grace_period=w.grace_period,
                                heartbeat_stale_trial_callback=RetryFailedTrial(max_retry=config.study.max_retries),
@@ -134,6 +135,7 @@ class Worker:
                 self._run_one(study, trial, config, objective)
         finally:
             reaper.stop()
+            storage.engine.dispose()
 
     def _with_retry(self, fn: Callable, what: str):
         """A multi-statement DB step (under the budget lock) retried as a whole on connection errors."""
