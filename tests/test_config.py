@@ -37,6 +37,11 @@ def test_shipped_studies_are_valid():
     config = load_config(REPO / "studies" / "digits.toml")
     assert config.study.name == "digits-cnn"
     assert config.param("width").low == 8 and config.param("width").log
+    cifar = load_config(REPO / "studies" / "cifar10_resnet18.toml")
+    assert cifar.task.model == "resnet18" and cifar.task.weights == "imagenet"
+    assert cifar.param("freeze").choices == ("none", 2, 1)
+    folder = load_config(REPO / "studies" / "imagefolder_resnet50.toml")
+    assert folder.task.dataset == "imagefolder" and folder.task.image_size == 224
 
 
 def test_a_valid_file_fills_defaults_and_types_ints(tmp_path):
@@ -70,6 +75,12 @@ def test_name_flag_overrides_the_file(tmp_path):
     (("[space]", "[space]\nmomentum = { low = 0.1, high = 0.9 }"), "space.momentum", "0.9"),
     (("[task]", "[tsak]"), "tsak", "dataset"),
     (("dropout = { low = 0.0, high = 0.6 }", "dropout = { low = 0.0, high = 1.0 }"), "space.dropout.high", "1.0"),
+    (("depth = { low = 1, high = 4 }", "depth = { low = 0, high = 4 }"), "space.depth", "0"),
+    (("[space]", "[space]\nfreeze = \"half\""), "space.freeze", "'half'"),
+    (("[space]", "[space]\nfreeze = \"all\""), "space.freeze", "'all'"),
+    (('model = "cnn"', 'model = "cnn"\nweights = "imagenet"'), "task.weights", "'imagenet'"),
+    (('model = "cnn"', 'model = "resnet18"\nweights = "nope.pt"'), "task.weights", "'nope.pt'"),
+    (('dataset = "digits"', 'dataset = "imagefolder"'), "task.data_dir", "required"),
 ])
 def test_each_mistake_names_file_field_and_value(tmp_path, change, field, value):
     path = write(tmp_path, GOOD.replace(*change, 1))

@@ -212,6 +212,21 @@ def run(
 
 
 @app.command()
+def export(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    out_file: str = typer.Option(..., "--out", help="File to write, e.g. model.pt."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Write the best trial's final weights with its params and the study config (load with torch.load)."""
+    from pathlib import Path
+
+    from tuner.export import export_best
+
+    payload = export_best(_storage(storage), study, Path(out_file))
+    out.print(f"wrote {out_file}: trial #{payload['trial']}, value {payload['value']:.4f}, epoch {payload['epoch']}")
+
+
+@app.command()
 def dashboard(
     storage: Optional[str] = StorageOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The dashboard has no login and can "

@@ -16,8 +16,9 @@ from typing import Any
 
 from tuner.errors import TunerError
 
-DATASETS = ("digits",)
-MODELS = ("cnn",)
+DATASETS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")  # torchvision's
+MODELS = ("cnn",) + BACKBONES
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
 OPTIMIZERS = ("adamw", "sgd")
@@ -32,6 +33,7 @@ SPACE_PARAMS: dict[str, tuple[type, Any]] = {
     "dropout": (float, 0.0),  # dropout probability before the classifier
     "weight_decay": (float, 0.0),  # decoupled weight decay (AdamW / SGD), per step, independent of lr
     "optimizer": (str, "adamw"),  # adamw | sgd (momentum 0.9, nesterov)
+    "freeze": (str, "none"),  # backbones: none | all | k (the last k stages train); a string or an int
 }
 
 
@@ -62,6 +64,12 @@ class TaskSection:
     batch_size: int = 64
     val_fraction: float = 0.2  # share of the data held out for validation (stratified, fixed seed)
     split_seed: int = 0
+    weights: str = "none"  # backbones: none | imagenet | path/to/state_dict.pt
+    data_dir: str = ""  # imagefolder, cifar10, cifar100
+    download: bool = False  # cifar: let torchvision download it into data_dir (needs internet)
+    image_size: int = 32  # px; imagefolder images are resized to it, synthetic images have it
+    num_classes: int = 10  # synthetic only
+    num_samples: int = 2048  # synthetic only
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,8 @@ class _Checker:
             raise self.fail(where, "must be finite", value)
         if kind is str and not isinstance(value, str):
             raise self.fail(where, "must be a string", value)
+        if kind is bool and not isinstance(value, bool):
+            raise self.fail(where, "must be true or false", value)
         return float(value) if kind is float else value
 
     def one_of(self, value: Any, allowed: tuple[str, ...], where: str) -> None:
@@ -163,6 +173,8 @@ def _check_param(c: _Checker, name: str, raw: Any) -> ParamSpec:
     if name not in SPACE_PARAMS:
         raise c.fail(where, f"is not a searchable parameter (known: {', '.join(SPACE_PARAMS)})", raw)
     kind, _ = SPACE_PARAMS[name]
+    if name == "freeze":
+        return _check_freeze(c, raw)
     if not isinstance(raw, dict):  # a constant
         value = c.typed(raw, kind, where)
         if name == "optimizer":
@@ -201,6 +213,20 @@ def _check_param(c: _Checker, name: str, raw: Any) -> ParamSpec:
     return ParamSpec(name, low=low, high=high, log=log)
 
 
+def _check_freeze(c: _Checker, raw: Any) -> ParamSpec:
+    def one(value: Any, where: str) -> Any:
+        ok = value in ("none", "all") or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        if not ok:
+            raise c.fail(where, 'must be "none", "all" or a number of last stages >= 0', value)
+        return value
+
+    if not isinstance(raw, dict):
+        return ParamSpec("freeze", value=one(raw, "space.freeze"))
+    if set(raw) != {"choices"} or not isinstance(raw["choices"], list) or not raw["choices"]:
+        raise c.fail("space.freeze", "takes a single value or choices = [...]", raw)
+    return ParamSpec("freeze", choices=tuple(one(v, "space.freeze.choices") for v in raw["choices"]))
+
+
 def _check_param_bounds(c: _Checker, name: str, low: float, high: float) -> None:
     """Ranges that can never train: a negative rate, dropout of 1, no conv block."""
     where = f"space.{name}"
@@ -210,8 +236,40 @@ def _check_param_bounds(c: _Checker, name: str, low: float, high: float) -> None
         raise c.fail(f"{where}.low", "must be >= 0", low)
     if name == "dropout" and high >= 1:
         raise c.fail(f"{where}.high", "must be < 1", high)
-    if name in ("width", "depth") and low < 1:
+    if name == "width" and low < 1:
         raise c.fail(f"{where}.low", "must be >= 1", low)
+    if name == "depth" and low < 0:
+        raise c.fail(f"{where}.low", "must be >= 0", low)
+
+
+def _check_task(c: _Checker, task: TaskSection) -> None:
+    if task.weights not in ("none", "imagenet"):
+        if task.model == "cnn":
+            raise c.fail("task.weights", "needs a torchvision backbone model (the cnn has no pretrained weights)",
+                         task.weights)
+        if not Path(task.weights).is_file():
+            raise c.fail("task.weights", "must be none, imagenet or an existing .pt file", task.weights)
+    if task.weights == "imagenet" and task.model == "cnn":
+        raise c.fail("task.weights", "needs a torchvision backbone model", task.weights)
+    if task.dataset in ("imagefolder", "cifar10", "cifar100") and not task.data_dir:
+        raise TunerError(f"{c.source}: task.data_dir is required for dataset {task.dataset!r}")
+    c.at_least(task.image_size, 8, "task.image_size")
+    c.at_least(task.num_classes, 2, "task.num_classes")
+    c.at_least(task.num_samples, 10 * task.num_classes, "task.num_samples")
+
+
+def _check_space_fits_model(c: _Checker, task: TaskSection, space: tuple[ParamSpec, ...]) -> None:
+    """The cnn needs at least one conv block and has no backbone to freeze."""
+    if task.model != "cnn":
+        return
+    depth = next(p for p in space if p.name == "depth")
+    low = depth.value if depth.value is not None else (min(depth.choices) if depth.choices else depth.low)
+    if low < 1:
+        raise c.fail("space.depth", "must be >= 1 for model cnn (depth 0 is a linear head, for backbones)", low)
+    freeze = next(p for p in space if p.name == "freeze")
+    if freeze.value != "none":
+        raise c.fail("space.freeze", "applies to torchvision backbones, not model cnn",
+                     freeze.value if freeze.value is not None else list(freeze.choices))
 
 
 def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> StudyConfig:
@@ -251,6 +309,7 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     c.at_least(task.batch_size, 1, "task.batch_size")
     if not 0 < task.val_fraction < 1:
         raise c.fail("task.val_fraction", "must be between 0 and 1", task.val_fraction)
+    _check_task(c, task)
     for key in ("heartbeat_interval", "grace_period", "reaper_period"):
         c.at_least(getattr(worker, key), 1, f"worker.{key}")
     if worker.grace_period <= worker.heartbeat_interval:
@@ -263,6 +322,7 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     given = {name: _check_param(c, name, raw) for name, raw in raw_space.items()}
     # Parameters the file leaves out are fixed at their defaults, so every trial has all of them.
     space = tuple(given.get(n, ParamSpec(n, value=default)) for n, (_, default) in SPACE_PARAMS.items())
+    _check_space_fits_model(c, task, space)
     if study.max_failures == 0:
         study = dataclasses.replace(study, max_failures=study.n_trials)
     return StudyConfig(study=study, pruner=pruner, task=task, worker=worker, space=space)

@@ -14,7 +14,6 @@ from torch import nn
 from tuner.errors import TunerError
 from tuner.space import HParams
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")
 SMALL_IMAGE = 64  # px: at or below this, backbones get the CIFAR stem (3x3 conv, stride 1, no max-pool)
 
 
@@ -127,10 +126,13 @@ def build_backbone(name: str, weights: str, hp: HParams, image_shape: tuple[int,
     body = get_model(name, weights=None)
     if weights != "none":
         _load_pretrained(body, name, weights)
-    if image_shape[1] <= SMALL_IMAGE:
+    small = image_shape[1] <= SMALL_IMAGE
+    if small:
         _use_small_image_stem(body, name)
     stages, features = _split_body(body, name)
     _freeze(stages, hp.freeze)
+    if small and name.startswith("resnet"):
+        body.conv1.requires_grad_(True)  # the new 3x3 stem starts from random weights: it must train
     return Backbone(body, _head(features, hp, num_classes))
 
 

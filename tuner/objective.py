@@ -17,7 +17,7 @@ from tuner.checkpoint import CheckpointDir, checkpoint_root
 from tuner.config import StudyConfig
 from tuner.data import Data, load_data
 from tuner.errors import TrialFailed
-from tuner.models import build_cnn, count_parameters
+from tuner.models import build_model, count_parameters
 from tuner.space import suggest_hparams
 from tuner.train import FitConfig, fit
 
@@ -71,11 +71,14 @@ def run_trial(
     lineage = lineage_number(trial)
     seed = config.study.seed + lineage  # same trial (or its retry) -> same init, same batches
     torch.manual_seed(seed)
-    model = build_cnn(hp, data.image_shape, data.num_classes).to(device)
+    model = build_model(config.task.model, config.task.weights, hp, data.image_shape, data.num_classes).to(device)
     total, trainable = count_parameters(model)
     trial.set_user_attr("param_count", total)
     trial.set_user_attr("trainable_params", trainable)
     trial.set_user_attr("device", str(device))
+    # what `tuner export` needs to rebuild the model
+    trial.set_user_attr("image_shape", list(data.image_shape))
+    trial.set_user_attr("num_classes", data.num_classes)
 
     checkpoints = CheckpointDir(checkpoint_root(), config.study.name, lineage)
     resume = checkpoints.load_latest()

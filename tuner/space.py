@@ -20,6 +20,7 @@ class HParams:
     dropout: float
     weight_decay: float
     optimizer: str
+    freeze: str | int = "none"
 
 
 def _suggest(trial: optuna.Trial, p: ParamSpec) -> Any:
@@ -35,3 +36,8 @@ def suggest_hparams(trial: optuna.Trial, space: tuple[ParamSpec, ...]) -> HParam
     """Sample every searched parameter; constants are taken as they are and not stored as params."""
     values = {p.name: p.value if p.value is not None else _suggest(trial, p) for p in space}
     return HParams(**values)
+
+
+def hparams_from_params(space: tuple[ParamSpec, ...], params: dict[str, Any]) -> HParams:
+    """Rebuild a finished trial's HParams from its stored params plus the study's constants."""
+    return HParams(**{p.name: p.value if p.value is not None else params[p.name] for p in space})

@@ -35,10 +35,11 @@ EpochCallback = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], 
 
 
 def _make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen backbone stages stay as they are
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()

@@ -180,7 +180,8 @@ class Worker:
             state, reason = TrialState.FAIL, "interrupted"
         except TrialFailed as exc:
             state, reason = TrialState.FAIL, str(exc)
-        except TunerError:  # the database stayed down past the limit: not the trial's fault
+        except TunerError as exc:  # the study cannot run here (bad weights/data) or the DB stayed down
+            self._fail_quietly(study, trial, str(exc))
             raise
         except Exception as exc:  # the objective's own failure: record it, keep the worker going
             state, reason = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
@@ -217,6 +218,14 @@ class Worker:
                 return  # an earlier attempt of this step committed; its retry is queued already
             frozen = study.tell(trial, state=TrialState.FAIL)
             self.storage.get_heartbeat_stale_trial_callback()(study, frozen)
+
+    def _fail_quietly(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+        """Best effort before the worker exits: do not leave the trial RUNNING until the reaper finds it."""
+        try:
+            trial.set_user_attr("fail_reason", reason)
+            study.tell(trial, state=TrialState.FAIL)
+        except Exception:  # the database may be the reason we are exiting; the reaper will do it then
+            pass
 
     def _lost(self, study: optuna.Study, trial: optuna.Trial) -> None:
         """Our trial was failed behind our back (we were paused past the grace period) and retried elsewhere."""
