@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-
 import torch
 from optuna.trial import TrialState
 
-from conftest import start_worker, study_file, tuner, tuner_env
-from test_reliability import FAST_RECOVERY, LONG_TRIAL, epoch_reached, retries_of, trials, wait_for
+from conftest import study_file, tuner, tuner_env
+from test_reliability import FAST_RECOVERY, LONG_TRIAL, interrupt_at_epoch, retries_of, trials
 from tuner.checkpoint import CheckpointDir
 
 
@@ -30,11 +28,7 @@ def test_a_retry_with_a_corrupt_newest_checkpoint_resumes_from_the_previous_and_
                       pruner='type = "none"')
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
-    log = tmp_path / "w.log"
-    proc = start_worker("corrupt", env, log)
-    victim = wait_for(lambda: epoch_reached(log, 3), 120, "epoch 3")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=15) == 128 + signal.SIGTERM
+    victim, _ = interrupt_at_epoch("corrupt", env, tmp_path / "w.log", 3)
     newest = sorted((tmp_path / "ckpt" / "corrupt" / str(victim)).glob("epoch-*.pt"))[-1]
     newest_epoch = int(newest.stem.split("-")[1])
     newest.write_bytes(b"\0" * 100)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pgserver
+import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
@@ -62,6 +63,16 @@ def retries_of(url: str, name: str, number: int) -> list[optuna.trial.FrozenTria
 
 def logged_epochs(log: Path, trial: int) -> list[int]:
     return [int(e) for e in re.findall(rf"trial {trial} epoch (\d+)/", log.read_text())]
+
+
+def interrupt_at_epoch(study: str, env: dict[str, str], log: Path, epoch: int) -> tuple[int, float]:
+    """Start a worker, SIGTERM it once it logs `epoch`; returns (its trial number, seconds it took to exit)."""
+    proc = start_worker(study, env, log)
+    victim = wait_for(lambda: epoch_reached(log, epoch), 120, f"epoch {epoch}")
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    assert proc.wait(timeout=15) == 128 + signal.SIGTERM
+    return victim, time.monotonic() - sent
 
 
 def assert_clean_logs(*logs: Path) -> None:
@@ -113,12 +124,8 @@ def test_sigterm_fails_the_trial_as_interrupted_exits_promptly_and_the_retry_fin
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
     log = tmp_path / "w.log"
-    proc = start_worker("term", env, log)
-    victim = wait_for(lambda: epoch_reached(log, 2), 120, "epoch 2")
-    proc.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    assert proc.wait(timeout=15) == 128 + signal.SIGTERM
-    assert time.monotonic() - sent < 5
+    victim, exit_seconds = interrupt_at_epoch("term", env, log, 2)
+    assert exit_seconds < 5
     (failed,) = [t for t in trials(pg_url, "term") if t.number == victim]
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
     assert not [t for t in trials(pg_url, "term") if t.state == TrialState.RUNNING]
@@ -199,10 +206,16 @@ def _assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> Non
             assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
 
 
-def test_workers_ride_out_a_postgresql_restart(tmp_path):
+@pytest.fixture
+def own_postgres(tmp_path) -> tuple[Path, str, str]:
+    """A PostgreSQL this test may stop and start: (pgdata, admin URI, user URL of a fresh database)."""
     pgdata = tmp_path / "pg"
     admin_uri = start_pgserver(pgdata)
-    url = create_database(*admin_and_user_urls(admin_uri))
+    return pgdata, admin_uri, create_database(*admin_and_user_urls(admin_uri))
+
+
+def test_workers_ride_out_a_postgresql_restart(own_postgres, tmp_path):
+    pgdata, admin_uri, url = own_postgres
     path = long_study(tmp_path, "restart", n_trials=6, epochs=4)
     env = tuner_env(url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
@@ -353,10 +366,8 @@ def test_a_second_signal_exits_at_once(pg_url, tmp_path):
     assert proc.wait(timeout=5) == 128 + signal.SIGINT
 
 
-def test_a_worker_exits_with_one_line_when_the_database_stays_down(tmp_path):
-    pgdata = tmp_path / "pg"
-    admin_uri = start_pgserver(pgdata)
-    url = create_database(*admin_and_user_urls(admin_uri))
+def test_a_worker_exits_with_one_line_when_the_database_stays_down(own_postgres, tmp_path):
+    pgdata, _, url = own_postgres
     path = long_study(tmp_path, "down", n_trials=2, epochs=30)
     env = tuner_env(url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import optuna
 from optuna.trial import TrialState
 
 from conftest import load, start_worker, study_file, tuner, tuner_env, wait_all
