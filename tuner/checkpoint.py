@@ -21,6 +21,22 @@ def checkpoint_root() -> Path:
     return Path(os.environ.get("TUNER_CHECKPOINT_DIR", DEFAULT_ROOT))
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save via a temporary file in the same folder and a rename: readers see the old file or the new
+    one, never half of one, even if the process dies mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class CheckpointDir:
     """The checkpoints of one trial and its retries: ROOT/STUDY/TRIAL/epoch-NNNN.pt."""
 
@@ -32,18 +48,8 @@ class CheckpointDir:
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-        self.path.mkdir(parents=True, exist_ok=True)
         final = self.path / f"epoch-{state['epoch']:04d}.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomic(state, final)
         for old in self._files()[KEEP:]:
             old.unlink(missing_ok=True)
         return final

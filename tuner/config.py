@@ -243,14 +243,11 @@ def _check_param_bounds(c: _Checker, name: str, low: float, high: float) -> None
 
 
 def _check_task(c: _Checker, task: TaskSection) -> None:
-    if task.weights not in ("none", "imagenet"):
-        if task.model == "cnn":
-            raise c.fail("task.weights", "needs a torchvision backbone model (the cnn has no pretrained weights)",
-                         task.weights)
-        if not Path(task.weights).is_file():
-            raise c.fail("task.weights", "must be none, imagenet or an existing .pt file", task.weights)
-    if task.weights == "imagenet" and task.model == "cnn":
-        raise c.fail("task.weights", "needs a torchvision backbone model", task.weights)
+    if task.weights != "none" and task.model == "cnn":
+        raise c.fail("task.weights", "needs a torchvision backbone model (the cnn has no pretrained weights)",
+                     task.weights)
+    if task.weights not in ("none", "imagenet") and not Path(task.weights).is_file():
+        raise c.fail("task.weights", "must be none, imagenet or an existing .pt file", task.weights)
     if task.dataset in ("imagefolder", "cifar10", "cifar100") and not task.data_dir:
         raise TunerError(f"{c.source}: task.data_dir is required for dataset {task.dataset!r}")
     c.at_least(task.image_size, 8, "task.image_size")

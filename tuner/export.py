@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +10,30 @@ import optuna
 import torch
 from torch import nn
 
-from tuner.checkpoint import CheckpointDir, checkpoint_root
+from tuner.checkpoint import CheckpointDir, checkpoint_root, save_atomic
 from tuner.config import StudyConfig, parse_config
 from tuner.errors import TunerError
 from tuner.models import build_model
 from tuner.objective import lineage_number
 from tuner.space import HParams, hparams_from_params
-from tuner.study import best_trial, load_config
+from tuner.study import best_frozen_trial, load_config
 
 
 def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> dict[str, Any]:
     """Write {model, hparams, config, trial, value, epoch, num_classes, image_shape} to `out` (atomically)."""
     config = load_config(storage, name)
-    best = best_trial(storage, name)
-    study = optuna.load_study(study_name=name, storage=storage)
-    trial = study.trials[best.number]
+    trial = best_frozen_trial(storage, name)
     checkpoints = CheckpointDir(checkpoint_root(), name, lineage_number(trial))
     state = checkpoints.load_latest()
     if state is None:
-        raise TunerError(f"no checkpoint of trial {best.number} under {checkpoints.path}: checkpoints are "
+        raise TunerError(f"no checkpoint of trial {trial.number} under {checkpoints.path}: checkpoints are "
                          "written where its worker ran (set TUNER_CHECKPOINT_DIR to that directory)")
     model_state = state["model"]
     hp = hparams_from_params(config.space, trial.params)
     payload = {"model": model_state, "hparams": dataclasses.asdict(hp), "config": config.to_dict(),
-               "trial": best.number, "value": best.value, "epoch": state["epoch"],
+               "trial": trial.number, "value": trial.value, "epoch": state["epoch"],
                "num_classes": trial.user_attrs.get("num_classes"), "image_shape": trial.user_attrs.get("image_shape")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".pt")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(payload, f)
-    os.replace(tmp, out)
+    save_atomic(payload, out)
     return payload
 
 

@@ -100,13 +100,17 @@ def tuner_studies(storage: optuna.storages.RDBStorage) -> list[str]:
     return [s.study_name for s in studies if CONFIG_ATTR in s.user_attrs]
 
 
-def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
-    config = load_config(storage, name)
-    study = optuna.load_study(study_name=name, storage=storage)
+def best_frozen_trial(storage: optuna.storages.RDBStorage, name: str) -> optuna.trial.FrozenTrial:
+    """The best COMPLETE trial as Optuna stores it; one clear error if there is none yet."""
     try:
-        best = study.best_trial
+        return optuna.load_study(study_name=name, storage=storage).best_trial
     except ValueError:
         raise TunerError(f"study {name!r} has no completed trial yet") from None
+
+
+def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
+    config = load_config(storage, name)
+    best = best_frozen_trial(storage, name)
     fixed = {p.name: p.value for p in config.space if p.value is not None}
     return BestTrial(study=name, number=best.number, value=best.value, params=dict(best.params), fixed=fixed,
                      param_count=best.user_attrs.get("param_count"), epochs_run=best.user_attrs.get("epochs_run"))
