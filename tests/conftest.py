@@ -130,3 +130,44 @@ def load(url: str, name: str):
     import optuna
 
     return optuna.load_study(study_name=name, storage=url)
+
+
+def study_id_of(url: str, name: str) -> int:
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        study_id = conn.execute(sqlalchemy.text("SELECT study_id FROM studies WHERE study_name = :n"),
+                                {"n": name}).scalar_one()
+    engine.dispose()
+    return study_id
+
+
+class BudgetLockHold:
+    """Holds a study's budget lock (the PostgreSQL advisory lock every worker takes before it starts a trial
+    and every reaper takes before it fails stale trials), so a test can line workers up behind it."""
+
+    def __init__(self, url: str, name: str):
+        from tuner.budget import LOCK_CLASS
+
+        self.key = {"c": LOCK_CLASS, "s": study_id_of(url, name)}
+        self.engine = sqlalchemy.create_engine(url)
+        self.conn = self.engine.connect()
+        self.conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"), self.key)
+        self.watch = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def waiters(self) -> int:
+        """Connections queued for the lock (PostgreSQL grants it to them in order when it is released)."""
+        return self.watch.execute(sqlalchemy.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND classid = :c AND objid = :s"), self.key).scalar()
+
+    def wait_for_waiters(self, n: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.waiters() < n:
+            assert time.monotonic() < deadline, f"fewer than {n} waiters for the budget lock after {timeout} s"
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        self.conn.commit()  # ends the transaction: the lock goes to the first waiter
+        self.conn.close()
+        self.watch.close()
+        self.engine.dispose()

@@ -19,11 +19,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from conftest import (PASSWORD, admin_and_user_urls, create_database, load, start_pgserver, start_worker,
+from conftest import (PASSWORD, BudgetLockHold, admin_and_user_urls, create_database, load, start_pgserver, start_worker,
                       study_file, tuner, tuner_env, wait_all)
 
 FAST_RECOVERY = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
 RECOVERY_BOUND = 1 + 3 + 1  # interval + grace + reaper period, seconds
+# For tests that kill no worker: a live worker on a loaded machine never misses 30 s of heartbeats.
+RELAXED_RECOVERY = "heartbeat_interval = 2\ngrace_period = 30\nreaper_period = 2"
 # ~0.3-1 s per epoch on one CPU thread: long enough to kill mid-trial, short enough for CI.
 LONG_TRIAL = "lr = 0.01\nwidth = 96\ndepth = 3\n"
 
@@ -71,7 +73,7 @@ def interrupt_at_epoch(study: str, env: dict[str, str], log: Path, epoch: int) -
     victim = wait_for(lambda: epoch_reached(log, epoch), 120, f"epoch {epoch}")
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    assert proc.wait(timeout=15) == 128 + signal.SIGTERM
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     return victim, time.monotonic() - sent
 
 
@@ -84,7 +86,8 @@ def assert_clean_logs(*logs: Path) -> None:
 
 
 def test_a_killed_workers_trial_is_failed_while_others_are_busy_and_resumed_once(pg_url, tmp_path):
-    path = long_study(tmp_path, "kill", n_trials=3, epochs=16)
+    # 30 epochs: the other two trials are still training when the dead one is failed, whatever the CPU speed
+    path = long_study(tmp_path, "kill", n_trials=3, epochs=30)
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
@@ -95,13 +98,17 @@ def test_a_killed_workers_trial_is_failed_while_others_are_busy_and_resumed_once
     procs[0].wait()
     last_reported = max(next(t for t in trials(pg_url, "kill") if t.number == victim).intermediate_values)
 
-    # The other two workers are mid-trial: only their reaper threads can notice.
-    wait_for(lambda: state_of(pg_url, "kill", victim) == TrialState.FAIL, 30, "the dead trial to be failed",
-             interval=0.1)
+    # The other two workers are mid-trial: only their reaper threads can notice. Nominally that takes at most
+    # RECOVERY_BOUND s; the wait allows for a loaded machine, where every thread runs late.
+    wait_for(lambda: state_of(pg_url, "kill", victim) == TrialState.FAIL, RECOVERY_BOUND + 60,
+             "the dead trial to be failed", interval=0.1)
     recovered_in = time.monotonic() - killed_at
     busy = [t for t in trials(pg_url, "kill") if t.state == TrialState.RUNNING and t.number != victim]
     assert len(busy) == 2, "the other workers were not busy when the dead trial was failed"
-    assert recovered_in <= RECOVERY_BOUND + 2.5, recovered_in  # + one DB round trip and scheduling slack
+    # Never before the grace period: the last heartbeat was at most one interval before the kill.
+    assert recovered_in > 3 - 1, recovered_in
+    dead = next(t for t in trials(pg_url, "kill") if t.number == victim)
+    assert dead.user_attrs["fail_reason"] == "no heartbeat for 3 s (its worker died or froze)"
 
     assert wait_all(procs[1:], timeout=300) == [0, 0]
     (retry,) = retries_of(pg_url, "kill", victim)
@@ -112,8 +119,8 @@ def test_a_killed_workers_trial_is_failed_while_others_are_busy_and_resumed_once
     resumed = retry.user_attrs["resumed_from_epoch"]
     assert resumed in (last_reported, last_reported - 1) and resumed >= 3
     retry_log = next(log for log in logs[1:] if f"trial {retry.number} epoch" in log.read_text())
-    assert logged_epochs(retry_log, retry.number) == list(range(resumed + 1, 17))
-    assert sorted(retry.intermediate_values) == list(range(1, 17))  # the same curve length as uninterrupted
+    assert logged_epochs(retry_log, retry.number) == list(range(resumed + 1, 31))
+    assert sorted(retry.intermediate_values) == list(range(1, 31))  # the same curve length as uninterrupted
     states = [t.state for t in trials(pg_url, "kill")]
     assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
     assert_clean_logs(*logs[1:])
@@ -125,9 +132,10 @@ def test_sigterm_fails_the_trial_as_interrupted_exits_promptly_and_the_retry_fin
     assert tuner("launch-study", str(path), env=env).returncode == 0
     log = tmp_path / "w.log"
     victim, exit_seconds = interrupt_at_epoch("term", env, log, 2)
-    assert exit_seconds < 5
     (failed,) = [t for t in trials(pg_url, "term") if t.number == victim]
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
+    # Promptly: it stopped within the epoch it was in (a batch, not the remaining 6 epochs).
+    assert max(failed.intermediate_values) <= 3 and logged_epochs(log, victim)[-1] <= 3, exit_seconds
     assert not [t for t in trials(pg_url, "term") if t.state == TrialState.RUNNING]
     (retry,) = retries_of(pg_url, "term", victim)
     assert retry.state == TrialState.WAITING
@@ -160,7 +168,9 @@ def test_a_worker_paused_past_the_grace_period_drops_its_stale_result(pg_url, tm
 
 
 def test_eight_workers_finish_exactly_the_budget_even_when_stopped_and_restarted(pg_url, tmp_path):
-    path = study_file(tmp_path, "eight", n_trials=40, epochs=2, worker=FAST_RECOVERY)
+    # No worker is killed here, so no fast recovery: every FAIL must be a SIGTERM ("interrupted"), never a
+    # live worker's trial taken for dead because eight workers on two cores run late.
+    path = study_file(tmp_path, "eight", n_trials=40, epochs=2, worker=RELAXED_RECOVERY)
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
 
@@ -361,9 +371,43 @@ def test_a_second_signal_exits_at_once(pg_url, tmp_path):
     log = tmp_path / "w.log"
     proc = start_worker("twice", env, log)
     wait_for(lambda: epoch_reached(log, 1), 120, "epoch 1")
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=5) == 128 + signal.SIGINT
+    # The first signal's clean exit has to store the FAIL under the budget lock, which the test holds:
+    # the worker is provably still busy with the first signal when the second one arrives.
+    hold = BudgetLockHold(pg_url, "twice")
+    try:
+        hold.wait_for_waiters(1)  # its reaper
+        proc.send_signal(signal.SIGINT)
+        hold.wait_for_waiters(2)  # and now its main loop, telling FAIL "interrupted"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == -signal.SIGINT  # ended by the signal itself (a shell shows 130)
+    finally:
+        hold.release()
+    # At once: it did not stay to fail its trial (the reaper of the next worker will).
+    (trial,) = trials(pg_url, "twice")
+    assert trial.state == TrialState.RUNNING
+
+
+def test_a_trial_whose_result_waits_for_a_busy_lock_is_not_taken_for_dead(pg_url, tmp_path):
+    """A live worker must never lose its trial to the reaper: the heartbeat runs until the result is stored."""
+    path = long_study(tmp_path, "slowtell", n_trials=1, epochs=30)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    log = tmp_path / "w.log"
+    proc = start_worker("slowtell", env, log)
+    victim = wait_for(lambda: epoch_reached(log, 1), 120, "epoch 1")
+    hold = BudgetLockHold(pg_url, "slowtell")
+    try:
+        hold.wait_for_waiters(1)  # the worker's reaper queues first...
+        proc.send_signal(signal.SIGTERM)
+        hold.wait_for_waiters(2)  # ...then its main loop, which must store FAIL "interrupted" under the lock
+        time.sleep(3 + 3)  # twice the grace period: with no heartbeat the trial would now look dead
+    finally:
+        hold.release()  # the reaper gets the lock first, and must find the trial alive
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    (failed,) = [t for t in trials(pg_url, "slowtell") if t.number == victim]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
+    assert len(retries_of(pg_url, "slowtell", victim)) == 1
+    assert_clean_logs(log)
 
 
 def test_a_worker_exits_with_one_line_when_the_database_stays_down(own_postgres, tmp_path):

@@ -46,7 +46,7 @@ def free_port() -> int:
 
 
 def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=60) as response:
         return response.read().decode()
 
 
@@ -77,6 +77,6 @@ def test_the_dashboard_shows_tuner_studies_on_loopback_without_the_password(pg_u
         assert listening == {"127.0.0.1"}
     finally:
         proc.terminate()
-        output = proc.communicate(timeout=10)[0]
+        output = proc.communicate(timeout=60)[0]
     assert "loopback only" in output
     assert PASSWORD not in output

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from optuna.trial import TrialState
 
-from conftest import load, start_worker, study_file, tuner, tuner_env, wait_all
+from conftest import BudgetLockHold, load, start_worker, study_file, tuner, tuner_env, wait_all
 
 
 def test_three_workers_finish_exactly_the_budget(pg_url, tmp_path):
     path = study_file(tmp_path, "three", n_trials=24, epochs=3)
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
+    # Every worker takes part by construction: the budget lock is held until all three have queued for it
+    # (each worker's main loop and its reaper wait), and PostgreSQL then grants it in queue order, so each
+    # worker starts a trial before any of them can come back for a second one.
+    hold = BudgetLockHold(pg_url, "three")
     procs = [start_worker("three", env, tmp_path / f"w{i}.log") for i in range(3)]
-    assert wait_all(procs, timeout=400) == [0, 0, 0], [(tmp_path / f"w{i}.log").read_text()[-2000:]
+    try:
+        hold.wait_for_waiters(2 * 3)
+    finally:
+        hold.release()
+    assert wait_all(procs, timeout=600) == [0, 0, 0], [(tmp_path / f"w{i}.log").read_text()[-2000:]
                                                        for i in range(3)]
     trials = load(pg_url, "three").get_trials()
     states = [t.state for t in trials]
@@ -27,23 +37,29 @@ def test_three_workers_finish_exactly_the_budget(pg_url, tmp_path):
             assert t.value == t.intermediate_values[3]
         assert t.user_attrs["param_count"] > 0 and t.user_attrs["device"] == "cpu"
         assert t.user_attrs["wall_time_s"] > 0
-    # all three workers took part
-    assert all("COMPLETE" in (tmp_path / f"w{i}.log").read_text() for i in range(3))
+    # all three workers finished at least one trial (COMPLETE or PRUNED: which one is the sampler's business)
+    for i in range(3):
+        assert re.search(r"trial \d+ (COMPLETE|PRUNED)", (tmp_path / f"w{i}.log").read_text()), i
 
 
 def test_a_pruned_trial_stopped_early_by_the_median_rule(pg_url, tmp_path):
-    # A wide lr range makes some trials clearly worse than the rest, so the median pruner has work.
     space = ("lr = { low = 1e-5, high = 1.0, log = true }\nwidth = { low = 4, high = 8 }\n"
              "depth = { low = 1, high = 2 }\n")
-    path = study_file(tmp_path, "prune", n_trials=14, epochs=6, space=space,
+    path = study_file(tmp_path, "prune", n_trials=9, epochs=6, space=space,
                       extra='sampler = "random"',
                       pruner='type = "median"\nn_startup_trials = 3\nn_warmup_steps = 2')
     env = tuner_env(pg_url, tmp_path)
-    result = tuner("run", str(path), "--workers", "1", "--cpu", env=env)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    # The pruner has work by construction, not by the sampler's luck: three good trials first, then three
+    # whose lr is too small to learn anything in 6 epochs (training is seeded, so this is repeatable).
+    study = load(pg_url, "prune")
+    for lr in (0.03, 0.03, 0.03, 1e-5, 1e-5, 1e-5):
+        study.enqueue_trial({"lr": lr, "width": 8, "depth": 2})
+    result = tuner("worker", "--study", "prune", "--cpu", "--threads", "1", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = load(pg_url, "prune").get_trials()
+    assert [t.state for t in trials[3:6]] == [TrialState.PRUNED] * 3
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    assert pruned, "no trial was pruned"
     for p in pruned:
         step = max(p.intermediate_values)
         assert step < 6 and step >= 2  # stopped early, but not before the warm-up

@@ -50,13 +50,6 @@ def trial_counts(storage: optuna.storages.RDBStorage, study_id: int) -> Counts:
     return Counts(collections.Counter({str(state).split(".")[-1]: n for state, n in rows}))
 
 
-def objective_failures(storage: optuna.storages.RDBStorage, study_id: int) -> int:
-    """FAIL trials the objective caused (exception, NaN, OOM). Infrastructure failures do not count:
-    "interrupted" (a signal) and heartbeat-stale trials (no fail_reason: the worker died) are retried."""
-    failed = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-    return sum(1 for t in failed if t.user_attrs.get("fail_reason", "interrupted") != "interrupted")
-
-
 def can_start(counts: Counts, n_trials: int) -> bool:
     """A queued retry may always run (it already holds its slot); otherwise only below the budget."""
     return counts["WAITING"] > 0 or counts.committed < n_trials

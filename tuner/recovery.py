@@ -13,12 +13,18 @@ import threading
 
 import optuna
 import sqlalchemy
-from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from tuner.budget import budget_lock
 
 # user attributes that describe one run of a trial, not its params: a retry starts without them
 RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch")
+
+# fail_reason of trials that failed for the infrastructure, not the objective: they are retried and do not
+# count towards study.max_failures.
+INTERRUPTED = "interrupted"  # the worker got SIGTERM/SIGINT
+STALE = "no heartbeat for {seconds} s (its worker died or froze)"  # failed by a reaper
 
 _log = logging.getLogger(__name__)
 
@@ -89,7 +95,39 @@ class Reaper(_Ticker):
         # Under the budget lock: between FAIL and its WAITING retry the count dips by one, and another
         # worker must not take that slot for a new trial.
         with budget_lock(storage, self.study._study_id):
-            fail_stale_trials(self.study)
+            fail_stale_trials(self.study, storage)
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> list[int]:
+    """Optuna's fail_stale_trials, plus the reason: each stale trial gets a fail_reason before it is failed,
+    so `tuner status` and the dashboard say why. Returns the failed trial ids."""
+    reason = STALE.format(seconds=storage.grace_period or 2 * storage.heartbeat_interval)  # Optuna's default
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            # The reason first: a FAIL trial cannot take attributes any more. If its owner wakes up and finishes
+            # it in between, the owner's result stands (set_trial_state_values below raises) and the stray
+            # reason on that finished trial is harmless.
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker (or the owner) finished it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in failed:
+        _log.warning("trial %d failed: %s", storage.get_trial(trial_id).number, reason)
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return failed
+
+
+def objective_failures(storage: optuna.storages.RDBStorage, study_id: int) -> int:
+    """FAIL trials the objective caused (exception, NaN, OOM). Infrastructure failures do not count:
+    a signal (INTERRUPTED) or a dead/frozen worker (STALE) is retried instead."""
+    stale_prefix = STALE.split("{", 1)[0]
+    failed = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.FAIL,))
+    reasons = [t.user_attrs.get("fail_reason", INTERRUPTED) for t in failed]
+    return sum(1 for r in reasons if r != INTERRUPTED and not r.startswith(stale_prefix))
 
 
 def _start_clock_for_silent_trials(storage: optuna.storages.RDBStorage, study_id: int) -> None:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from tuner.budget import budget_lock, can_start, objective_failures, trial_counts
+from tuner.budget import budget_lock, can_start, trial_counts
 from tuner.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
-from tuner.recovery import Reaper, RetryFailedTrial, TrialHeartbeat
+from tuner.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHeartbeat, objective_failures
 from tuner.storage import brief_storage, call_with_retry, make_storage
 from tuner.study import load_config, tuner_studies
 
@@ -52,10 +52,12 @@ class _Signals:
             signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.stop.is_set():
-            os._exit(128 + signum)
         self.signum = signum
         self.stop.set()
+        # The next signal gets the default action: the kernel ends the process at once, even while the main
+        # thread is blocked in a database call (a Python handler would only run after that call returns).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         _log.warning("%s received: failing the current trial as 'interrupted' and exiting "
                      "(send it again to exit at once)", signal.Signals(signum).name)
 
@@ -163,8 +165,17 @@ class Worker:
             return study.ask()
 
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, objective: Callable) -> None:
+        # The heartbeat runs until the result is stored, not just until training ends: telling can wait
+        # (for the budget lock, a slow database, a busy machine), and a trial that stops heartbeating while
+        # its worker is alive would be failed as stale by another worker's reaper and its result dropped.
         heartbeat = TrialHeartbeat(self.storage, trial._trial_id, config.worker.heartbeat_interval)
         heartbeat.start()
+        try:
+            self._train_and_tell(study, trial, objective)
+        finally:
+            heartbeat.stop()
+
+    def _train_and_tell(self, study: optuna.Study, trial: optuna.Trial, objective: Callable) -> None:
         started = time.monotonic()
         state, value, reason = TrialState.COMPLETE, None, ""
         try:
@@ -177,7 +188,7 @@ class Worker:
             self._lost(study, trial)
             return
         except Interrupted:
-            state, reason = TrialState.FAIL, "interrupted"
+            state, reason = TrialState.FAIL, INTERRUPTED
         except TrialFailed as exc:
             state, reason = TrialState.FAIL, str(exc)
         except TunerError as exc:  # the study cannot run here (bad weights/data) or the DB stayed down
@@ -186,8 +197,6 @@ class Worker:
         except Exception as exc:  # the objective's own failure: record it, keep the worker going
             state, reason = TrialState.FAIL, f"{type(exc).__name__}: {exc}"
             _log.debug("trial %d failed", trial.number, exc_info=True)
-        finally:
-            heartbeat.stop()
         self._tell(study, trial, state, value, reason, time.monotonic() - started)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None,
