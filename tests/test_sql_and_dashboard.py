@@ -1,4 +1,4 @@
-"""Reading results without tuner: the README's SQL on PostgreSQL, and optuna-dashboard."""
+"""Reading results without tuner: the README's SQL on PostgreSQL and SQLite, and optuna-dashboard."""
 
 from __future__ import annotations
 
@@ -11,31 +11,35 @@ import time
 import urllib.request
 
 import psutil
+import pytest
 import sqlalchemy
 
 from conftest import PASSWORD, REPO, study_file, tuner, tuner_env
 
 
-def readme_sql(study: str) -> str:
+def readme_sql(study: str, marker: str) -> str:
     text = (REPO / "README.md").read_text()
-    sql = re.search(r"<!-- sql:best -->\n```sql\n(.*?)```", text, re.S).group(1)
+    sql = re.search(rf"<!-- {marker} -->\n```sql\n(.*?)```", text, re.S).group(1)
     return sql.replace("'digits-cnn'", f"'{study}'")
 
 
-def test_the_readme_sql_returns_the_best_params_with_categoricals_decoded(pg_url, tmp_path):
+@pytest.mark.parametrize("database, marker", [("pg_url", "sql:best"), ("sqlite_url", "sql:best-sqlite")])
+def test_the_readme_sql_returns_the_best_params_with_categoricals_decoded(database, marker, request, tmp_path):
+    url = request.getfixturevalue(database)
     space = ('lr = { low = 1e-3, high = 1e-2, log = true }\nwidth = { low = 4, high = 6 }\n'
              'optimizer = { choices = ["adamw", "sgd"] }\n')
-    env = tuner_env(pg_url, tmp_path)
+    env = tuner_env(url, tmp_path)
     path = study_file(tmp_path, "sql", n_trials=4, epochs=2, space=space)
     assert tuner("run", str(path), "--workers", "1", "--cpu", env=env).returncode == 0
     best = json.loads(tuner("best", "--study", "sql", "--format", "json", env=env).stdout)
-    with sqlalchemy.create_engine(pg_url).connect() as conn:
-        rows = conn.execute(sqlalchemy.text(readme_sql("sql"))).all()
+    with sqlalchemy.create_engine(url).connect() as conn:
+        rows = conn.execute(sqlalchemy.text(readme_sql("sql", marker))).all()
     assert {row.trial for row in rows} == {best["trial"]}
     assert rows[0].value == best["value"]
     params = {row.param_name: row.param_value for row in rows}
+    assert sorted(params) == sorted(best["params"])
     assert params["optimizer"] == best["params"]["optimizer"]
-    assert params["width"] == str(best["params"]["width"])
+    assert str(params["width"]) == str(best["params"]["width"])  # PostgreSQL gives text, SQLite an integer
     assert float(params["lr"]) == best["params"]["lr"]
 
 
