@@ -8,8 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
+import optuna
 import psutil
 import pytest
 import sqlalchemy
@@ -75,6 +77,13 @@ def test_the_dashboard_shows_tuner_studies_on_loopback_without_the_password(pg_u
         pages = [studies, get(f"http://127.0.0.1:{port}/dashboard"),
                  get(f"http://127.0.0.1:{port}/api/studies/{study_id}")]
         assert '"tuner_config"' in pages[2]  # the stored study file is browsable
+        detail = json.loads(pages[2])
+        assert detail["objective_names"] == ["val_accuracy"]  # not "Objective 0"
+        note = re.search(r"```toml\n(.*?)```", detail["note"]["body"], re.S)
+        assert note, detail["note"]
+        storage = optuna.storages.RDBStorage(pg_url)
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name("dash"))["tuner_config"]
+        assert tomllib.loads(note.group(1)) == stored  # the note is the study file, as TOML
         for page in pages:
             assert PASSWORD not in page
         listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"}
@@ -84,3 +93,23 @@ def test_the_dashboard_shows_tuner_studies_on_loopback_without_the_password(pg_u
         output = proc.communicate(timeout=10)[0]
     assert "loopback only" in output
     assert PASSWORD not in output
+
+
+def test_the_study_file_written_back_as_toml_reads_as_the_same_config(tmp_path):
+    from tuner.config import load_config, parse_config
+    from tuner.toml_dump import dump_toml
+
+    shipped = sorted((REPO / "studies").glob("*.toml"))
+    assert shipped
+    for path in shipped + [study_file(tmp_path, "x", extra='metric = "val_loss"\ndirection = "minimize"')]:
+        config = load_config(path)
+        text = dump_toml(config.to_dict())
+        assert tomllib.loads(text) == config.to_dict(), path
+        assert parse_config(tomllib.loads(text), str(path)) == config
+
+
+def test_toml_strings_keep_quotes_backslashes_and_control_characters():
+    from tuner.toml_dump import dump_toml
+
+    data = {"task": {"data_dir": 'C:\\data\\"x"\tä\x7f\x01', "odd key": [1, 2.5, True, "a"], "inline": {}}}
+    assert tomllib.loads(dump_toml(data)) == data
