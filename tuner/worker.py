@@ -114,7 +114,8 @@ class Worker:
     def _serve(self, name: str) -> None:
         with brief_storage(self.url, retry_seconds=self.db_retry_seconds) as config_storage:
             config = load_config(config_storage, name)
-            finished = trial_counts(config_storage, config_storage.get_study_id_from_name(name)).finished
+            study_id = config_storage.get_study_id_from_name(name)
+            finished = self._with_retry(lambda: trial_counts(config_storage, study_id).finished, "count trials")
         if finished >= config.study.n_trials:  # say so, before loading any data for it
             _log.info("%s", complete_message(name, finished, config.study.n_trials))
             return
