@@ -1,4 +1,4 @@
-"""Reading results without tuner: the README's SQL on PostgreSQL, and optuna-dashboard."""
+"""Reading results without tuner: the README's SQL on PostgreSQL and SQLite, and optuna-dashboard."""
 
 from __future__ import annotations
 
@@ -8,34 +8,40 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
+import optuna
 import psutil
+import pytest
 import sqlalchemy
 
 from conftest import PASSWORD, REPO, study_file, tuner, tuner_env
 
 
-def readme_sql(study: str) -> str:
+def readme_sql(study: str, marker: str) -> str:
     text = (REPO / "README.md").read_text()
-    sql = re.search(r"<!-- sql:best -->\n```sql\n(.*?)```", text, re.S).group(1)
+    sql = re.search(rf"<!-- {marker} -->\n```sql\n(.*?)```", text, re.S).group(1)
     return sql.replace("'digits-cnn'", f"'{study}'")
 
 
-def test_the_readme_sql_returns_the_best_params_with_categoricals_decoded(pg_url, tmp_path):
+@pytest.mark.parametrize("database, marker", [("pg_url", "sql:best"), ("sqlite_url", "sql:best-sqlite")])
+def test_the_readme_sql_returns_the_best_params_with_categoricals_decoded(database, marker, request, tmp_path):
+    url = request.getfixturevalue(database)
     space = ('lr = { low = 1e-3, high = 1e-2, log = true }\nwidth = { low = 4, high = 6 }\n'
              'optimizer = { choices = ["adamw", "sgd"] }\n')
-    env = tuner_env(pg_url, tmp_path)
+    env = tuner_env(url, tmp_path)
     path = study_file(tmp_path, "sql", n_trials=4, epochs=2, space=space)
     assert tuner("run", str(path), "--workers", "1", "--cpu", env=env).returncode == 0
     best = json.loads(tuner("best", "--study", "sql", "--format", "json", env=env).stdout)
-    with sqlalchemy.create_engine(pg_url).connect() as conn:
-        rows = conn.execute(sqlalchemy.text(readme_sql("sql"))).all()
+    with sqlalchemy.create_engine(url).connect() as conn:
+        rows = conn.execute(sqlalchemy.text(readme_sql("sql", marker))).all()
     assert {row.trial for row in rows} == {best["trial"]}
     assert rows[0].value == best["value"]
     params = {row.param_name: row.param_value for row in rows}
+    assert sorted(params) == sorted(best["params"])
     assert params["optimizer"] == best["params"]["optimizer"]
-    assert params["width"] == str(best["params"]["width"])
+    assert str(params["width"]) == str(best["params"]["width"])  # PostgreSQL gives text, SQLite an integer
     assert float(params["lr"]) == best["params"]["lr"]
 
 
@@ -71,6 +77,13 @@ def test_the_dashboard_shows_tuner_studies_on_loopback_without_the_password(pg_u
         pages = [studies, get(f"http://127.0.0.1:{port}/dashboard"),
                  get(f"http://127.0.0.1:{port}/api/studies/{study_id}")]
         assert '"tuner_config"' in pages[2]  # the stored study file is browsable
+        detail = json.loads(pages[2])
+        assert detail["objective_names"] == ["val_accuracy"]  # not "Objective 0"
+        note = re.search(r"```toml\n(.*?)```", detail["note"]["body"], re.S)
+        assert note, detail["note"]
+        storage = optuna.storages.RDBStorage(pg_url)
+        stored = storage.get_study_user_attrs(storage.get_study_id_from_name("dash"))["tuner_config"]
+        assert tomllib.loads(note.group(1)) == stored  # the note is the study file, as TOML
         for page in pages:
             assert PASSWORD not in page
         listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections() if c.status == "LISTEN"}
@@ -80,3 +93,23 @@ def test_the_dashboard_shows_tuner_studies_on_loopback_without_the_password(pg_u
         output = proc.communicate(timeout=60)[0]
     assert "loopback only" in output
     assert PASSWORD not in output
+
+
+def test_the_study_file_written_back_as_toml_reads_as_the_same_config(tmp_path):
+    from tuner.config import load_config, parse_config
+    from tuner.toml_dump import dump_toml
+
+    shipped = sorted((REPO / "studies").glob("*.toml"))
+    assert shipped
+    for path in shipped + [study_file(tmp_path, "x", extra='metric = "val_loss"\ndirection = "minimize"')]:
+        config = load_config(path)
+        text = dump_toml(config.to_dict())
+        assert tomllib.loads(text) == config.to_dict(), path
+        assert parse_config(tomllib.loads(text), str(path)) == config
+
+
+def test_toml_strings_keep_quotes_backslashes_and_control_characters():
+    from tuner.toml_dump import dump_toml
+
+    data = {"task": {"data_dir": 'C:\\data\\"x"\tä\x7f\x01', "odd key": [1, 2.5, True, "a"], "inline": {}}}
+    assert tomllib.loads(dump_toml(data)) == data

@@ -154,22 +154,28 @@ def _print_best(b) -> None:
 def status(
     study: Optional[str] = typer.Option(None, "--study", help="Study name. Default: all tuner studies."),
     storage: Optional[str] = StorageOpt,
+    watch: bool = typer.Option(False, "--watch", help="Refresh the table until Ctrl-C."),
+    interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes with --watch."),
 ) -> None:
     """Per study: trials by state, retries, best value so far, budget left."""
+    from tuner import ui
     from tuner.study import study_status, tuner_studies
 
+    if watch and not interval > 0:
+        raise TunerError(f"--interval must be > 0 seconds, got {interval}")
     st = _storage(storage)
-    names = [study] if study else tuner_studies(st)
-    table = Table()
-    for col in ("study", "complete", "pruned", "running", "waiting", "failed", "retries", "best", "budget left"):
-        table.add_column(col)
-    for name in names:
-        s = study_status(st, name)
-        c = s.counts
-        best = "-" if s.best_value is None else f"{s.best_value:.4f}"
-        table.add_row(name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")),
-                      str(s.retries), best, f"{s.budget_left}/{s.n_trials}")
-    out.print(table)
+
+    def table(caption: str = ""):
+        return ui.status_table([study_status(st, n) for n in ([study] if study else tuner_studies(st))], caption)
+
+    if not watch:
+        out.print(table())
+        return
+    try:
+        ui.redraw(out, ui.tolerant(lambda: table(f"every {interval:g} s; Ctrl-C to stop"), lambda note: note),
+                  interval)
+    except KeyboardInterrupt:  # the way to leave --watch: not an error
+        pass
 
 
 @app.command()
@@ -180,8 +186,13 @@ def run(
     name: Optional[str] = typer.Option(None, "--name", help="Study name; overrides [study] name in the file."),
     cpu: bool = typer.Option(False, "--cpu", help="Workers train on the CPU."),
 ) -> None:
-    """Launch a study, run N local workers until its budget is spent, and print the best params."""
+    """Launch a study, run N local workers until its budget is spent, and print the best params.
+
+    On a terminal it shows live progress and the workers log to tuner-run-STUDY.log; piped, their log is the
+    output."""
+    from tuner import ui
     from tuner.config import load_config
+    from tuner.progress import ProgressWatch, complete_message
     from tuner.storage import resolve_storage_url
     from tuner.study import best_trial, launch_study
 
@@ -191,24 +202,62 @@ def run(
     url = resolve_storage_url(storage)
     st = _storage(storage)
     launch_study(st, config)
-    out.print(f"study {config.study.name!r}: {config.study.n_trials} trials, {workers} workers")
+    study = config.study.name
+    progress = ProgressWatch(st, study)
+    first = progress.snapshot()
+    if first.done:
+        out.print(complete_message(study, first.finished, first.n_trials))
+        if first.best_trial is not None:
+            _print_best(best_trial(st, study))
+        return
+    # A live view and worker log lines would overwrite each other: on a terminal the log goes to a file.
+    log_path = ui.run_log_path(study) if out.is_interactive else None
+    where = f"; worker log: {log_path}" if log_path else ""
+    out.print(f"study {study!r}: {config.study.n_trials} trials, {workers} workers{where}")
     # The URL goes to the workers through the environment, never their argv (visible in `ps`).
     env = {**os.environ, "TUNER_STORAGE": url}
     threads = max(1, (os.cpu_count() or 1) // workers)
-    cmd = [sys.executable, "-m", "tuner", "worker", "--study", config.study.name, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "tuner", "worker", "--study", study, "--threads", str(threads)]
     started = time.monotonic()
-    procs = [subprocess.Popen(cmd + _device_args(i, cpu), env=env) for i in range(workers)]
+    log = log_path.open("a") if log_path else None  # append: an earlier run's log may explain a retry
     try:
-        codes = [p.wait() for p in procs]
+        procs = [subprocess.Popen(cmd + _device_args(i, cpu), env=env, stdout=log,
+                                  stderr=subprocess.STDOUT if log else None) for i in range(workers)]
+        codes = _wait_for_workers(procs, progress if log else None)
+    finally:
+        if log:
+            log.close()
+    if any(codes):
+        if log_path:
+            ui.print_tail(err, log_path)
+        raise TunerError(f"workers exited with codes {codes}; see {log_path or 'their log above'}")
+    out.print(f"finished in {time.monotonic() - started:.0f} s")
+    _print_best(best_trial(st, study))
+
+
+def _wait_for_workers(procs: list[subprocess.Popen], progress) -> list[int]:
+    """Wait for every worker, showing `progress` live (once a second) if given; Ctrl-C waits for them to stop."""
+    from tuner import ui
+
+    last = None
+
+    def view():
+        nonlocal last
+        last = progress.snapshot()
+        return ui.progress_view(last)
+
+    def stale(note: str):  # the DB is down for a moment: keep showing what we knew
+        return ui.progress_view(last, note) if last is not None else note
+
+    try:
+        if progress is not None:
+            ui.redraw(out, ui.tolerant(view, stale), 1.0, until=lambda: all(p.poll() is not None for p in procs))
+        return [p.wait() for p in procs]
     except KeyboardInterrupt:  # the workers got the Ctrl-C too: let them fail their trials cleanly
         err.print("waiting for the workers to stop (Ctrl-C again to exit at once)", markup=False)
         for p in procs:
             p.wait()
         raise typer.Exit(130) from None
-    if any(codes):
-        raise TunerError(f"workers exited with codes {codes}; see their log above")
-    out.print(f"finished in {time.monotonic() - started:.0f} s")
-    _print_best(best_trial(st, config.study.name))
 
 
 @app.command()

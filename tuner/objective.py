@@ -6,6 +6,7 @@ this one retries, report the metric every epoch, checkpoint, and let the pruner 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,8 +19,10 @@ from tuner.config import StudyConfig
 from tuner.data import Data, load_data
 from tuner.errors import TrialFailed
 from tuner.models import build_model, count_parameters
-from tuner.space import suggest_hparams
+from tuner.space import describe_params, suggest_hparams
 from tuner.train import FitConfig, fit
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ def run_trial(
     """Train one trial on data already on `device`; returns the final metric, raises TrialPruned when pruned."""
     hp = suggest_hparams(trial, config.space)
     lineage = lineage_number(trial)
+    # Logged here, not by the worker: only now, after sampling, are the params known.
+    retry = f" (retry of trial {lineage})" if lineage != trial.number else ""
+    _log.info("trial %d started%s: %s", trial.number, retry, describe_params(trial.params))
     seed = config.study.seed + lineage  # same trial (or its retry) -> same init, same batches
     torch.manual_seed(seed)
     model = build_model(config.task.model, config.task.weights, hp, data.image_shape, data.num_classes).to(device)

@@ -41,3 +41,9 @@ def suggest_hparams(trial: optuna.Trial, space: tuple[ParamSpec, ...]) -> HParam
 def hparams_from_params(space: tuple[ParamSpec, ...], params: dict[str, Any]) -> HParams:
     """Rebuild a finished trial's HParams from its stored params plus the study's constants."""
     return HParams(**{p.name: p.value if p.value is not None else params[p.name] for p in space})
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """One line for logs, e.g. `lr=0.00312 width=24 dropout=0.12`; floats to 3 significant digits
+    (`tuner best` has the exact values)."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

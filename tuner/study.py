@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,19 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def label_for_dashboard(study: optuna.Study, config: StudyConfig) -> None:
+    """What optuna-dashboard shows: the metric's name instead of "Objective 0", and the study file as the
+    study's note (a TOML block; the raw JSON stays in the tuner_config user attribute, which tuner reads)."""
+    from optuna_dashboard import save_note  # here, not at the top: it takes ~2 s to import, workers never need it
+
+    from tuner.toml_dump import dump_toml
+
+    with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2; we want it anyway
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([config.study.metric])
+    save_note(study, f"Study file, as launched:\n\n```toml\n{dump_toml(config.to_dict())}```\n")
+
+
 def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig) -> LaunchResult:
     """Create the study and store its config; the same config again reuses it, a different one is refused."""
     name, wanted = config.study.name, config.to_dict()
@@ -77,6 +91,7 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig) -> La
                              "launch it under another name (--name) or delete it first") from None
         return LaunchResult(name, created=False)
     study.set_user_attr(CONFIG_ATTR, wanted)
+    label_for_dashboard(study, config)
     return LaunchResult(name, created=True)
 
 

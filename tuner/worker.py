@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from tuner.budget import budget_lock, can_start, trial_counts
 from tuner.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
+from tuner.progress import complete_message
 from tuner.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHeartbeat, objective_failures
 from tuner.storage import brief_storage, call_with_retry, make_storage
 from tuner.study import load_config, tuner_studies
@@ -115,6 +116,11 @@ class Worker:
     def _serve(self, name: str) -> None:
         with brief_storage(self.url, retry_seconds=self.db_retry_seconds) as config_storage:
             config = load_config(config_storage, name)
+            study_id = config_storage.get_study_id_from_name(name)
+            finished = self._with_retry(lambda: trial_counts(config_storage, study_id).finished, "count trials")
+        if finished >= config.study.n_trials:  # say so, before loading any data for it
+            _log.info("%s", complete_message(name, finished, config.study.n_trials))
+            return
         w = config.worker
         storage = make_storage(self.url, heartbeat_interval=w.heartbeat_interval, grace_period=w.grace_period,
                                heartbeat_stale_trial_callback=RetryFailedTrial(max_retry=config.study.max_retries),

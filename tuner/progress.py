@@ -1,0 +1,99 @@
+"""A study's progress as one snapshot read from the database: what `tuner run` shows live.
+
+The database is the only source: the workers are separate processes (maybe on other hosts) and report
+nothing to whoever watches, so the snapshot is rebuilt from trial states and intermediate values on every
+poll. The ETA is measured, not modelled: finished trials per second since this watcher started, which
+already accounts for the number of workers, pruning and retries.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.budget import trial_counts
+from tuner.study import load_config
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    number: int
+    epoch: int  # the last epoch it reported (0: still setting up or in its first epoch)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    study: str
+    metric: str
+    n_trials: int  # the budget of COMPLETE + PRUNED trials
+    epochs: int  # per trial
+    complete: int
+    pruned: int
+    failed: int  # FAIL trials; they do not use the budget (their retries do)
+    waiting: int  # retries queued for a worker
+    running: tuple[RunningTrial, ...]
+    best_value: float | None
+    best_trial: int | None
+    elapsed_s: float  # since this watcher started
+    eta_s: float | None  # None until a trial has finished while watching
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.n_trials
+
+
+def complete_message(study: str, finished: int, n_trials: int) -> str:
+    """What a worker or `tuner run` says when the budget is already spent (written once, said by both)."""
+    return f"study {study!r} is complete ({finished} of {n_trials} trials); nothing to do"
+
+
+class ProgressWatch:
+    """Snapshots of one study; elapsed time and the finished-trial rate count from this object's creation.
+
+    Measuring from here rather than from trial timestamps keeps a resumed study's ETA honest (hours of a
+    stopped study would otherwise dilute the rate), and sidesteps Optuna's timestamps being the naive local
+    time of whichever host wrote them.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, name: str):
+        self.storage, self.name = storage, name
+        self.config = load_config(storage, name)
+        self.study_id = storage.get_study_id_from_name(name)
+        self._started = time.monotonic()
+        self._finished_at_start: int | None = None  # set by the first snapshot
+
+    def snapshot(self) -> Snapshot:
+        """The study now: a few small queries, cheap enough to poll every second."""
+        counts = trial_counts(self.storage, self.study_id)
+        running = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        best_value = best_trial = None
+        if counts["COMPLETE"]:
+            best = self.storage.get_best_trial(self.study_id)
+            best_value, best_trial = best.value, best.number
+        elapsed = time.monotonic() - self._started
+        if self._finished_at_start is None:
+            self._finished_at_start = counts.finished
+        n_trials = self.config.study.n_trials
+        return Snapshot(
+            study=self.name, metric=self.config.study.metric, n_trials=n_trials, epochs=self.config.task.epochs,
+            complete=counts["COMPLETE"], pruned=counts["PRUNED"], failed=counts["FAIL"], waiting=counts["WAITING"],
+            running=tuple(RunningTrial(t.number, max(t.intermediate_values, default=0))
+                          for t in sorted(running, key=lambda t: t.number)),
+            best_value=best_value, best_trial=best_trial, elapsed_s=elapsed,
+            eta_s=_eta(counts.finished - self._finished_at_start, max(0, n_trials - counts.finished), elapsed),
+        )
+
+
+def _eta(finished_here: int, left: int, elapsed: float) -> float | None:
+    if left == 0:
+        return 0.0
+    if finished_here <= 0 or elapsed <= 0:
+        return None  # no rate measured yet: better no ETA than a made-up one
+    return left * elapsed / finished_here

@@ -1,0 +1,133 @@
+"""Terminal views for cli.py: `tuner run`'s live progress and the redraw loop of `status --watch`.
+
+Rendering only: the numbers come from tuner.progress, and cli.py owns the consoles. Kept out of cli.py
+so that the command definitions stay a few lines each.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from tuner.progress import Snapshot
+from tuner.storage import is_connection_error
+from tuner.study import StudyStatus
+
+BAR_WIDTH = 40  # characters of the study's budget bar
+TRIAL_BAR_WIDTH = 20  # characters of each running trial's epoch bar
+MAX_RUNNING_SHOWN = 16  # running trials listed one per line; more are summarised in one line
+
+
+def format_duration(seconds: float | None) -> str:
+    """1:05 for 65 s, 2:03:04 past an hour, ? when unknown."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_view(snap: Snapshot, note: str = "") -> RenderableType:
+    """The study's budget bar, the split of finished trials, the best so far, time, and the running trials."""
+    top = Table.grid(padding=(0, 1))
+    top.add_row(Text(snap.study, style="bold"), ProgressBar(total=snap.n_trials, completed=snap.finished,
+                                                             width=BAR_WIDTH),
+                Text(f"{snap.finished}/{snap.n_trials} trials"))
+    split = f"{snap.complete} complete, {snap.pruned} pruned, {snap.failed} failed"
+    if snap.waiting:
+        split += f", {snap.waiting} retries queued"
+    best = "best: none yet" if snap.best_value is None else \
+        f"best {snap.metric} {snap.best_value:.4f} (trial {snap.best_trial})"
+    lines: list[RenderableType] = [top, Text(split), Text(best),
+                                   Text(f"elapsed {format_duration(snap.elapsed_s)}, "
+                                        + ("done" if snap.done else f"ETA {format_duration(snap.eta_s)}"))]
+    if snap.running:
+        running = Table.grid(padding=(0, 1))
+        for t in snap.running[:MAX_RUNNING_SHOWN]:
+            running.add_row(f"  trial {t.number}", ProgressBar(total=snap.epochs, completed=t.epoch,
+                                                               width=TRIAL_BAR_WIDTH),
+                            f"epoch {t.epoch}/{snap.epochs}")
+        lines.append(Text(f"running {len(snap.running)}:"))
+        lines.append(running)
+        if len(snap.running) > MAX_RUNNING_SHOWN:
+            lines.append(Text(f"  ... and {len(snap.running) - MAX_RUNNING_SHOWN} more"))
+    if note:
+        lines.append(Text(note, style="yellow"))
+    return Group(*lines)
+
+
+def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
+    """`tuner status`: one row per study; a caption (with the time) when it is refreshed."""
+    table = Table(caption=f"{datetime.now():%H:%M:%S}, {caption}" if caption else None)
+    for col in ("study", "complete", "pruned", "running", "waiting", "failed", "retries", "best", "budget left"):
+        table.add_column(col)
+    for s in statuses:
+        c = s.counts
+        best = "-" if s.best_value is None else f"{s.best_value:.4f}"
+        table.add_row(s.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")),
+                      str(s.retries), best, f"{s.budget_left}/{s.n_trials}")
+    return table
+
+
+def tolerant(render: Callable[[], RenderableType],
+             on_outage: Callable[[str], RenderableType]) -> Callable[[], RenderableType]:
+    """render(), or on_outage(note) while the database is unreachable: a watcher outlives a DB restart,
+    like the workers it watches."""
+
+    def wrapped() -> RenderableType:
+        try:
+            return render()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            return on_outage(f"{time.strftime('%H:%M:%S')} database unreachable; retrying")
+
+    return wrapped
+
+
+def run_log_path(study: str) -> Path:
+    """Where `tuner run` sends its workers' log while the live view owns the terminal (working directory)."""
+    return Path(f"tuner-run-{re.sub(r'[^A-Za-z0-9._-]+', '_', study)}.log")
+
+
+def print_tail(console: Console, path: Path, lines: int = 20) -> None:
+    """The end of a log file, where a failing worker's one-line reason is."""
+    tail = path.read_text(errors="replace").splitlines()[-lines:]
+    console.print(f"last {len(tail)} lines of {path}:", markup=False)
+    for line in tail:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def redraw(console: Console, render: Callable[[], RenderableType], interval: float,
+           until: Callable[[], bool] = lambda: False) -> None:
+    """Show render() every `interval` seconds until until() is true; Ctrl-C (KeyboardInterrupt) propagates.
+
+    On a terminal the view is redrawn in place (rich.live). Elsewhere (a pipe, a file, TERM=dumb) each view
+    is printed after the previous one, so a log shows every refresh rather than control sequences.
+    """
+    live = Live(console=console, auto_refresh=False) if console.is_interactive else None
+    if live is not None:
+        live.start()
+    try:
+        while True:
+            done = until()  # checked before drawing, so that the last view shows the end state
+            view = render()
+            if live is not None:
+                live.update(view, refresh=True)
+            else:
+                console.print(view)
+            if done:
+                return
+            time.sleep(interval)
+    finally:
+        if live is not None:
+            live.stop()  # leaves the last view on screen
