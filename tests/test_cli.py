@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,16 @@ def test_launch_study_stores_the_config_and_prints_the_worker_command(pg_url, tm
     result = tuner("launch-study", str(path), env=tuner_env(pg_url, tmp_path))
     assert result.returncode == 0, result.stderr
     assert "tuner worker --study launch-me" in result.stdout
+    # The hint carries the storage, password as ***, so that it works when pasted on another host...
+    hint = next(line for line in result.stdout.splitlines() if line.startswith("next: "))
+    assign, *command = shlex.split(hint.removeprefix("next: ").split("  (")[0])
+    assert assign.startswith("TUNER_STORAGE=postgresql+psycopg2://tuner:***@")
+    assert command == ["tuner", "worker", "--study", "launch-me"]
+    assert "*** stands for the database password" in result.stdout
+    # ...once the user puts the password back in: it names the database the study is in.
+    filled = assign.removeprefix("TUNER_STORAGE=").replace("***", PASSWORD)
+    status = tuner("status", "--study", "launch-me", env=tuner_env(filled, tmp_path))
+    assert status.returncode == 0 and "launch-me" in status.stdout, status.stderr
     storage = optuna.storages.RDBStorage(pg_url)
     attrs = storage.get_study_user_attrs(storage.get_study_id_from_name("launch-me"))
     assert attrs["tuner_config"]["task"]["epochs"] == 3
@@ -70,7 +81,8 @@ def test_a_missing_study_is_one_line(pg_url, tmp_path):
     env = tuner_env(pg_url, tmp_path)
     for command in (["best", "--study", "nope"], ["worker", "--study", "nope", "--cpu"],
                     ["status", "--study", "nope"]):
-        assert_one_line_error(tuner(*command, env=env), "no study named 'nope'")
+        assert_one_line_error(tuner(*command, env=env), "no study named 'nope'",
+                              "in postgresql+psycopg2://tuner:***@")
 
 
 def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
@@ -119,6 +131,7 @@ def test_studies_are_readable_by_plain_optuna(pg_url, tmp_path):
     env = tuner_env(pg_url, tmp_path)
     result = tuner("run", str(path), "--workers", "1", "--cpu", env=env)
     assert result.returncode == 0, result.stderr
+    assert "3 trials, 1 worker\n" in result.stdout
     optuna_cli = str(Path(sys.executable).parent / "optuna")  # Optuna's own console script
     best = subprocess.run([optuna_cli, "best-trial", "--study-name", "plain", "--storage",
                            pg_url, "-f", "json"], env=env, capture_output=True, text=True)

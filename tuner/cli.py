@@ -18,6 +18,7 @@ from rich.table import Table
 from tuner.errors import TunerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Hyperparameter search for PyTorch fine-tuning, on Optuna + PostgreSQL/SQLite.")
 # Piped output (CI logs, `| less`) gets a fixed width instead of rich's 80 columns, so tables stay whole.
 out = Console(width=None if sys.stdout.isatty() else 120)
@@ -32,6 +33,31 @@ def _storage(flag: str | None, **kwargs):
     from tuner.storage import make_storage, resolve_storage_url
 
     return make_storage(resolve_storage_url(flag), **kwargs)
+
+
+def _existing_storage(flag: str | None):
+    """For commands that only read: a SQLite file that is not there is an error, never created."""
+    return _storage(flag, create=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("tuner")
+        except PackageNotFoundError:  # run from a source tree that was never pip-installed
+            from tuner import __version__ as number
+        out.print(f"tuner {number}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -53,13 +79,21 @@ def launch_study_cmd(
 ) -> None:
     """Validate a study file and store the study and its config in the database."""
     from tuner.config import load_config
+    from tuner.storage import resolve_storage_url, worker_command
     from tuner.study import launch_study
 
     config = load_config(file, name=name)  # validate before touching the database
-    result = launch_study(_storage(storage), config)
+    url = resolve_storage_url(storage)
+    result = launch_study(_storage(url), config)
     verb = "created" if result.created else "already exists with this config; reusing"
-    out.print(f"study {result.name!r} {verb}")
-    out.print(f"next: tuner worker --study {result.name}  (one per GPU: --gpu 0, --gpu 1, ...)")
+    out.print(f"study {result.name!r} {verb}", markup=False, highlight=False)
+    # The hint names the storage: pasted on another host (or in another directory) without it, a worker
+    # would open a new, empty sqlite:///tuner.db there and find no study.
+    command, note = worker_command(url, result.name)
+    out.print(f"next: {command}  (one per GPU: --gpu 0, --gpu 1, ...)", markup=False, highlight=False,
+              soft_wrap=True)
+    if note:
+        out.print(f"      {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -77,7 +111,7 @@ def worker(
     """Pull trials from the database and train them until the study's total budget is spent."""
     from tuner.device import pick_device
     from tuner.objective import make_objective
-    from tuner.storage import brief_storage, redact, resolve_storage_url
+    from tuner.storage import brief_storage, resolve_storage_url, shown_url
     from tuner.study import load_config
     from tuner.worker import Worker
 
@@ -90,11 +124,14 @@ def worker(
 
         torch.set_num_threads(threads)
     url = resolve_storage_url(storage)
-    with brief_storage(url) as st:  # fail fast, with one line, if the database is unreachable...
+    # Fail fast, with one line, if the database is unreachable, if it is a SQLite file that is not there (a
+    # worker serves studies launched before: a new empty file would only hide a wrong --storage or working
+    # directory), or if the study does not exist.
+    with brief_storage(url, create=False) as st:
         if study is not None:
-            load_config(st, study)  # ...or the study does not exist
+            load_config(st, study)
     log = logging.getLogger("tuner")
-    log.info("worker on %s, storage %s", device, redact(url))
+    log.info("worker on %s, storage %s", device, shown_url(url))
 
     def on_epoch(e) -> None:
         log.info("trial %d epoch %d/%d value %.4f", e.trial, e.epoch, e.epochs, e.value)
@@ -120,7 +157,7 @@ def best(
 
     if format not in ("table", "json"):
         raise TunerError(f"--format must be table or json, got {format!r}")
-    b = best_trial(_storage(storage), study)
+    b = best_trial(_existing_storage(storage), study)
     if format == "json":
         out.print_json(json.dumps({"study": b.study, "trial": b.number, "value": b.value, "params": b.params,
                                    "fixed": b.fixed, "param_count": b.param_count, "epochs_run": b.epochs_run}))
@@ -163,7 +200,7 @@ def status(
 
     if watch and not interval > 0:
         raise TunerError(f"--interval must be > 0 seconds, got {interval}")
-    st = _storage(storage)
+    st = _existing_storage(storage)
 
     def table(caption: str = ""):
         return ui.status_table([study_status(st, n) for n in ([study] if study else tuner_studies(st))], caption)
@@ -213,7 +250,7 @@ def run(
     # A live view and worker log lines would overwrite each other: on a terminal the log goes to a file.
     log_path = ui.run_log_path(study) if out.is_interactive else None
     where = f"; worker log: {log_path}" if log_path else ""
-    out.print(f"study {study!r}: {config.study.n_trials} trials, {workers} workers{where}")
+    out.print(f"study {study!r}: {config.study.n_trials} trials, {workers} worker{'s' if workers != 1 else ''}{where}")
     # The URL goes to the workers through the environment, never their argv (visible in `ps`).
     env = {**os.environ, "TUNER_STORAGE": url}
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -271,7 +308,7 @@ def export(
 
     from tuner.export import export_best
 
-    payload = export_best(_storage(storage), study, Path(out_file))
+    payload = export_best(_existing_storage(storage), study, Path(out_file))
     out.print(f"wrote {out_file}: trial #{payload['trial']}, value {payload['value']:.4f}, epoch {payload['epoch']}")
 
 
@@ -283,57 +320,30 @@ def dashboard(
     port: int = typer.Option(8080, "--port", help="Port."),
 ) -> None:
     """Serve optuna-dashboard for the storage."""
-    from tuner.dashboard import serve_dashboard
+    from tuner.dashboard import open_dashboard
 
-    st = _storage(storage)
-    where = "loopback only" if host in ("127.0.0.1", "localhost", "::1") else "REACHABLE FROM OTHER HOSTS"
-    out.print(f"optuna-dashboard on http://{host}:{port}/ ({where}; --host to change)")
-    serve_dashboard(st, host, port)
+    with open_dashboard(_existing_storage(storage), host, port) as server:  # a port in use fails here
+        where = "loopback only" if host in ("127.0.0.1", "localhost", "::1") else "REACHABLE FROM OTHER HOSTS"
+        out.print(f"optuna-dashboard on http://{host}:{server.server_port}/ ({where}; --host to change)")
+        server.serve_forever()
 
 
 def main() -> None:
-    """Entry point: a TunerError becomes one line on stderr and exit code 1."""
+    """Entry point: a TunerError becomes one line on stderr and exit code 1.
+
+    typer runs in standalone mode: it prints usage errors itself (exit 2), help and --version (exit 0), and
+    turns typer.Exit (a worker's 128+signal) into the exit code. Only what it lets through is handled here.
+    """
     try:
-        # standalone_mode=False: click returns a command's typer.Exit code instead of exiting itself
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        app(prog_name="tuner")  # `python -m tuner` too says "Usage: tuner ..."
     except TunerError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130 itself)
         err.print("aborted", markup=False)
         sys.exit(130)
-    except Exception as exc:
-        import click
+    except Exception as exc:  # a bug, not a user error: the traceback, with the password scrubbed out
+        from tuner.urls import scrubbed_traceback
 
-        if isinstance(exc, click.ClickException):  # usage errors: click's own one-liner
-            exc.show()
-            sys.exit(exc.exit_code)
-        _print_bug(exc)
+        sys.stderr.write(scrubbed_traceback(exc, sys.argv))
         sys.exit(1)
-
-
-def _print_bug(exc: BaseException) -> None:
-    """A bug, not a user error: show the traceback, with the storage password scrubbed out of it."""
-    import traceback
-
-    from tuner.storage import resolve_storage_url, scrub
-
-    text = "".join(traceback.format_exception(exc))
-    try:
-        text = scrub(text, resolve_storage_url(_argv_storage()))
-    except TunerError:
-        pass
-    sys.stderr.write(text)
-
-
-def _argv_storage() -> str | None:
-    args = sys.argv
-    for i, arg in enumerate(args):
-        if arg == "--storage" and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--storage="):
-            return arg.split("=", 1)[1]
-    return None

@@ -7,7 +7,10 @@ cifar10/cifar100 (torchvision's classes; `download = true` fetches them where th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -81,6 +84,12 @@ def _read_folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[st
     return images, np.asarray(folder.targets, dtype=np.int64), classes
 
 
+def _net_reason(exc: Exception) -> str:
+    """'Name or service not known' rather than URLError's nested repr."""
+    reason = getattr(exc, "reason", exc)  # URLError wraps the socket error
+    return getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+
+
 def _load_cifar(task: TaskSection) -> tuple[np.ndarray, np.ndarray]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -90,6 +99,11 @@ def _load_cifar(task: TaskSection) -> tuple[np.ndarray, np.ndarray]:
     except RuntimeError:  # torchvision: "Dataset not found or corrupted. You can use download=True"
         raise TunerError(f"task.data_dir: {task.dataset} not found under {task.data_dir!r}; set "
                          "task.download = true (needs internet) or put the extracted archive there") from None
+    except (URLError, HTTPException, ConnectionError, TimeoutError) as exc:  # no network, a proxy, a firewall
+        host = urlsplit(cls.url).hostname
+        raise TunerError(f"task.download: cannot download {task.dataset} from {host} ({_net_reason(exc)}); "
+                         f"download {cls.filename} on a machine with internet and put it in task.data_dir "
+                         f"{task.data_dir!r}") from None
     images = train.data.astype(np.float32).transpose(0, 3, 1, 2) / 255.0  # (N, 32, 32, 3) uint8 -> NCHW
     return images, np.asarray(train.targets, dtype=np.int64)
 

@@ -1,6 +1,6 @@
-"""Storage URL -> Optuna RDBStorage. The only place with engine settings and URL handling.
+"""Storage URL -> Optuna RDBStorage. The only place with engine settings.
 
-Precedence, written once: --storage flag > TUNER_STORAGE > TUNER_STORAGE_FILE > sqlite:///tuner.db.
+The URL's text (precedence, normalising, redaction) is tuner.urls; its names are re-exported here.
 The URL's password is never printed: every message uses ``redact(url)`` and ``scrub(text, url)``.
 """
 
@@ -9,19 +9,28 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-from sqlalchemy.engine import make_url
 
 from tuner.errors import TunerError
+from tuner.urls import (  # noqa: F401 (re-exported: callers import URL helpers from here too)
+    DEFAULT_STORAGE,
+    PG_DRIVER,
+    is_sqlite,
+    normalise_url,
+    password_of,
+    redact,
+    resolve_storage_url,
+    scrub,
+    shown_url,
+    sqlite_path,
+    worker_command,
+)
 
-DEFAULT_STORAGE = "sqlite:///tuner.db"
 # Connections one worker may hold: main loop, heartbeat thread, reaper thread, budget lock.
 POOL_SIZE = 4
 # Seconds a worker waits for a free connection in its own pool before saying so.
@@ -34,46 +43,6 @@ RETRY_FIRST, RETRY_MAX = 0.5, 10.0
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def resolve_storage_url(flag: str | None = None) -> str:
-    """The storage URL by the one precedence rule; a file keeps the password out of `ps` and shell history."""
-    if flag:
-        return flag
-    if os.environ.get("TUNER_STORAGE"):
-        return os.environ["TUNER_STORAGE"]
-    if os.environ.get("TUNER_STORAGE_FILE"):
-        path = Path(os.environ["TUNER_STORAGE_FILE"])
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise TunerError(f"TUNER_STORAGE_FILE {path}: cannot be read ({exc.strerror})") from None
-    return DEFAULT_STORAGE
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ***, safe for logs and messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: show only its scheme-ish prefix
-        return url.split(":", 1)[0] + ":***"
-
-
-def password_of(url: str) -> str | None:
-    try:
-        return make_url(url).password
-    except Exception:
-        return None
-
-
-def scrub(text: str, url: str) -> str:
-    """Remove the URL's password from any text (driver errors sometimes echo the DSN)."""
-    secret = password_of(url)
-    return text.replace(secret, "***") if secret else text
-
-
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -157,12 +126,20 @@ def make_storage(
     grace_period: int | None = None,
     heartbeat_stale_trial_callback: Any = None,
     retry_seconds: float | None = None,
+    create: bool = True,
 ) -> optuna.storages.RDBStorage:
     """Open the storage (creating Optuna's tables if needed); one clear TunerError if it cannot be reached.
 
     retry_seconds: for long-running workers, ride out DB outages this long (the first connect does not wait:
     a wrong URL should fail at once).
+    create: False for commands that only read: a SQLite file that does not exist is an error, not a new,
+    empty database (which would hide a wrong path or working directory).
     """
+    url = normalise_url(url)
+    path = sqlite_path(url)
+    if not create and path is not None and not path.exists():
+        raise TunerError(f"no database at {path} (storage {shown_url(url)}); launch a study there first, or "
+                         "point --storage or TUNER_STORAGE at the database that has it")
     cls = optuna.storages.RDBStorage if retry_seconds is None else ResilientRDBStorage
     try:
         storage = cls(

@@ -11,6 +11,7 @@ import optuna
 from tuner.budget import trial_counts
 from tuner.config import StudyConfig, parse_config
 from tuner.errors import TunerError
+from tuner.storage import shown_url
 
 CONFIG_ATTR = "tuner_config"  # study user attribute holding the validated study file
 
@@ -101,8 +102,8 @@ def load_config(storage: optuna.storages.RDBStorage, name: str) -> StudyConfig:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         known = [s.study_name for s in storage.get_all_studies()]
-        hint = f" (studies here: {', '.join(known)})" if known else " (this storage has no studies)"
-        raise TunerError(f"no study named {name!r}{hint}") from None
+        hint = f"studies here: {', '.join(known)}" if known else "it has no studies"
+        raise TunerError(f"no study named {name!r} in {shown_url(storage.url)} ({hint})") from None
     stored = storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
     if stored is None:
         raise TunerError(f"study {name!r} was not launched by tuner (it has no {CONFIG_ATTR} attribute)")
