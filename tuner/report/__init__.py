@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 
+from tuner.errors import TunerError
 from tuner.report.data import Snapshot, take_snapshot
 from tuner.report.plan import param_importances, plan_plots
 
@@ -32,11 +33,15 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out: Path,
     importances = param_importances(snapshot)
     plots = plan_plots(snapshot, importances)
     figures = [(p, None if p.missing else plotly_figure(p.key, snapshot, importances)) for p in plots]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_page(snapshot, figures), encoding="utf-8")
+    page = render_page(snapshot, figures)
     pngs: list[Path] = []
-    if png_dir is not None:
-        from tuner.report.png import write_pngs  # matplotlib only when PNGs are asked for
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+        if png_dir is not None:
+            from tuner.report.png import write_pngs  # matplotlib only when PNGs are asked for
 
-        pngs = write_pngs(snapshot, plots, importances, png_dir)
+            pngs = write_pngs(snapshot, plots, importances, png_dir)
+    except OSError as exc:
+        raise TunerError(f"cannot write the report: {exc.filename}: {exc.strerror}") from None
     return ReportResult(html=out, pngs=pngs, snapshot=snapshot)
