@@ -82,7 +82,7 @@ def test_the_report_of_a_finished_study_is_self_contained_and_its_pruning_saving
     url, env, tmp = finished_study
     out = tmp / "report.html"
     result = tuner("report", "--study", "rep", "--out", str(out), env=env)
-    assert result.returncode == 0, result.stderr
+    assert (result.returncode, result.stderr) == (0, "")
     page = out.read_text()
     assert_self_contained(page)
     for section in SECTIONS:
@@ -181,6 +181,8 @@ def test_importances_need_two_complete_trials_and_test_accuracy_shows_where_meas
     assert "Not drawn: not enough trials" in page
     assert 'id="test-accuracy"' in page and "<td>0.8750</td>" in page
     assert 'id="figure-size"' in page  # one trial is a Pareto front of one
+    result = tuner("report", "--study", "one", "--out", str(tmp_path), env=env)  # a folder: cannot be written
+    assert (result.returncode, result.stderr) == (1, f"error: cannot write the report: {tmp_path}: Is a directory\n")
 
 
 def test_an_unknown_study_is_one_line_and_exit_code_1(sqlite_url, tmp_path):

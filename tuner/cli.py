@@ -258,8 +258,8 @@ def report(
     _setup_logging()
     result = build_report(_storage(storage), study, Path(out_file), Path(png) if png else None)
     s = result.snapshot
-    state = "still running" if s.running else "finished"
-    out.print(f"wrote {result.html}: study {study!r} ({state}), {len(s.trials)} trials", markup=False)
+    out.print(f"wrote {result.html}: study {study!r}, {len(s.finished)} of {s.config.study.n_trials} trials finished",
+              markup=False)
     if png:
         out.print(f"wrote {len(result.pngs)} PNGs to {png}", markup=False)
 

@@ -89,8 +89,8 @@ class Snapshot:
         return [t for t in self.trials if t.state in FINISHED]
 
     @property
-    def running(self) -> bool:
-        """Trials are running or queued, or the budget is not spent yet."""
+    def unfinished(self) -> bool:
+        """Trials are running or queued, or the budget is not spent yet (its workers may have stopped early)."""
         counts = self.counts
         return bool(counts["RUNNING"] or counts["WAITING"]) or len(self.finished) < self.config.study.n_trials
 

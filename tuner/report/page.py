@@ -64,9 +64,9 @@ def _duration(seconds: float | None) -> str:
 
 def _banner(snapshot: Snapshot) -> str:
     c, n = snapshot.counts, snapshot.config.study.n_trials
-    if snapshot.running:
+    if snapshot.unfinished:
         head = ("This study is still running" if c["RUNNING"] or c["WAITING"] else
-                "This study is not finished (nothing is running: its workers stopped before the budget was spent)")
+                "This study is not finished (no trial is running or waiting right now)")
         return (f'<p class="banner" id="running"><b>{head}</b>: {len(snapshot.finished)} of {n} trials finished, '
                 f'{c["RUNNING"]} running, {c["WAITING"]} waiting. This report is a snapshot taken '
                 f'{snapshot.taken_at:%Y-%m-%d %H:%M} UTC.</p>')

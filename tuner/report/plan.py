@@ -70,7 +70,8 @@ def plan_plots(snapshot: Snapshot, importances: dict[str, float] | None) -> list
                         "(Optuna's default evaluator, COMPLETE trials)", importance_gap),
         "parallel_coordinates": ("each line is a COMPLETE trial", no_params),
         "slices": (f"{metric} against each parameter", no_params),
-        "size": ("which model size is worth it: the line is the Pareto front (no smaller model is better)", none_complete or (None if sized else "no COMPLETE trial recorded param_count")),
+        "size": ("which model size is worth it: the line is the Pareto front (no smaller model is better)",
+                 none_complete or (None if sized else "no COMPLETE trial recorded param_count")),
         "pruning": ("epochs and device time of the finished trials, against the same trials trained "
                     "to the last epoch", None if snapshot.finished else "no finished trial yet"),
     }
