@@ -121,7 +121,7 @@ def test_storage_precedence_flag_over_env_over_file(tmp_path, monkeypatch):
 
 
 def test_every_command_has_help():
-    for command in ("launch-study", "worker", "best", "status", "run", "dashboard"):
+    for command in ("launch-study", "worker", "best", "status", "run", "export", "dashboard", "report"):
         result = tuner(command, "--help", env=tuner_env("", REPO))
         assert result.returncode == 0 and "Usage" in result.stdout, command
 

@@ -328,6 +328,28 @@ def dashboard(
         server.serve_forever()
 
 
+@app.command()
+def report(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    out_file: str = typer.Option("report.html", "--out", help="HTML file to write: one self-contained page that "
+                                 "opens from disk, offline."),
+    png: Optional[str] = typer.Option(None, "--png", help="Also write one PNG per plot into this folder."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Write one HTML page (and PNGs) of what a study found and what pruning saved."""
+    from pathlib import Path
+
+    from tuner.report import build_report
+
+    _setup_logging()
+    result = build_report(_storage(storage), study, Path(out_file), Path(png) if png else None)
+    s = result.snapshot
+    out.print(f"wrote {result.html}: study {study!r}, {len(s.finished)} of {s.config.study.n_trials} trials finished",
+              markup=False)
+    if png:
+        out.print(f"wrote {len(result.pngs)} PNGs to {png}", markup=False)
+
+
 def main() -> None:
     """Entry point: a TunerError becomes one line on stderr and exit code 1.
 

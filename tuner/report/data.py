@@ -1,0 +1,238 @@
+"""One snapshot of a study, read once, and the numbers the report shows: counts, best trial, device hours,
+failures, learning curves, the Pareto front of accuracy vs model size, and what pruning saved.
+
+Every plot and table of one report is drawn from the same snapshot, so a running study gives a consistent page.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import statistics
+from collections.abc import Container
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config import StudyConfig
+from tuner.study import load_config
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")  # the order the report lists them in
+
+
+@dataclass(frozen=True)
+class Savings:
+    """Epochs (and device seconds) of the finished trials, against the same trials run without pruning."""
+
+    trials: int  # finished (COMPLETE + PRUNED) trials compared
+    epochs_per_trial: int  # task.epochs: what every trial trains without pruning
+    epochs_trained: int
+    seconds_trained: float | None  # None: no trial recorded a usable wall time
+    seconds_without_pruning: float | None
+
+    @property
+    def epochs_without_pruning(self) -> int:
+        return self.trials * self.epochs_per_trial
+
+    @property
+    def epochs_saved(self) -> int:
+        return self.epochs_without_pruning - self.epochs_trained
+
+    @property
+    def seconds_saved(self) -> float | None:
+        if self.seconds_trained is None or self.seconds_without_pruning is None:
+            return None
+        return self.seconds_without_pruning - self.seconds_trained
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    number: int
+    param_count: int
+    value: float
+
+
+@dataclass(frozen=True)
+class Curve:
+    number: int
+    state: str  # COMPLETE | PRUNED | RUNNING | FAIL
+    steps: list[int]  # epochs
+    values: list[float]
+
+    @property
+    def pruned_at(self) -> tuple[int, float] | None:
+        """(epoch, value) where the pruner stopped this trial: its last reported epoch."""
+        return (self.steps[-1], self.values[-1]) if self.state == "PRUNED" and self.steps else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    config: StudyConfig
+    trials: list[FrozenTrial]  # every trial, by number
+    taken_at: datetime.datetime  # naive UTC, like Optuna's timestamps
+    study: optuna.Study  # in memory: the COMPLETE trials' params and values, for optuna.visualization
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = collections.Counter(t.state.name for t in self.trials)
+        return {state: counts.get(state, 0) for state in STATES}
+
+    @property
+    def complete(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state == TrialState.COMPLETE]
+
+    @property
+    def finished(self) -> list[FrozenTrial]:
+        return [t for t in self.trials if t.state in FINISHED]
+
+    @property
+    def unfinished(self) -> bool:
+        """Trials are running or queued, or the budget is not spent yet (its workers may have stopped early)."""
+        counts = self.counts
+        return bool(counts["RUNNING"] or counts["WAITING"]) or len(self.finished) < self.config.study.n_trials
+
+    @property
+    def maximize(self) -> bool:
+        return self.config.study.direction == "maximize"
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        complete = self.complete
+        if not complete:
+            return None
+        sign = -1 if self.maximize else 1
+        return min(complete, key=lambda t: (sign * t.value, t.number))  # the earliest of equal bests
+
+    @property
+    def retries(self) -> int:
+        return sum(1 for t in self.trials if "failed_trial" in t.system_attrs)
+
+    @property
+    def searched_params(self) -> list[str]:
+        """Params sampled with more than one value among the COMPLETE trials (the ones worth plotting)."""
+        seen: dict[str, set] = collections.defaultdict(set)
+        for t in self.complete:
+            for k, v in t.params.items():
+                seen[k].add(v)
+        return sorted(k for k, values in seen.items() if len(values) > 1)
+
+
+class _ReadOnlyMemory(optuna.storages.InMemoryStorage):
+    """optuna.visualization asks for a deep copy of every trial on each of its many reads (seconds for 1,000
+    trials); the report only reads them, so it gets the stored ones."""
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return super().get_all_trials(study_id, deepcopy=False, states=states)
+
+
+def _bare(trial: FrozenTrial) -> FrozenTrial:
+    """What optuna.visualization reads of a trial: params and value of a COMPLETE one. It deep-copies every
+    trial on each read, so the others become bare FAIL trials (they keep the trial numbers the study's)."""
+    if trial.state == TrialState.COMPLETE:
+        return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=trial.value)
+    return optuna.trial.create_trial(state=TrialState.FAIL)
+
+
+def _seconds_per_epoch(trial: FrozenTrial) -> float | None:
+    wall, epochs = trial.user_attrs.get("wall_time_s"), own_epochs(trial)
+    return wall / epochs if wall is not None and epochs else None
+
+
+def take_snapshot(storage: optuna.storages.BaseStorage, name: str) -> Snapshot:
+    """Read the study once (a TunerError if it does not exist or is not tuner's)."""
+    config = load_config(storage, name)
+    study_id = storage.get_study_id_from_name(name)
+    taken_at = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    trials = sorted(storage.get_all_trials(study_id, deepcopy=False), key=lambda t: t.number)
+    memory = optuna.create_study(study_name=name, direction=config.study.direction, storage=_ReadOnlyMemory())
+    memory.add_trials([_bare(t) for t in trials])
+    return Snapshot(name=name, config=config, trials=trials, taken_at=taken_at, study=memory)
+
+
+def own_epochs(trial: FrozenTrial) -> int:
+    """Epochs this attempt trained itself: a retry first re-reports the epochs it resumed from its original."""
+    resumed = trial.user_attrs.get("resumed_from_epoch") or 0
+    return sum(1 for step in trial.intermediate_values if step > resumed)
+
+
+def pruning_savings(trials: list[FrozenTrial], epochs_per_trial: int) -> Savings:
+    """What pruning saved on the finished trials.
+
+    Each COMPLETE or PRUNED trial counts the epochs of its learning curve. A retry's curve holds the epochs it
+    resumed from its failed original, so every retry chain counts its epochs once, like the one trial it would
+    be without failures; the failed attempts themselves and RUNNING trials are left out on both sides (pruning
+    changes neither). Without pruning each of these trials would have trained `epochs_per_trial` epochs.
+
+    Device time is estimated per trial from its own seconds per epoch (its wall_time_s over the epochs it
+    trained itself), or the median of the others' when it recorded none.
+    """
+    finished = [t for t in trials if t.state in FINISHED]
+    per_epoch = {t.number: _seconds_per_epoch(t) for t in finished}
+    known = [s for s in per_epoch.values() if s is not None]
+    fallback = statistics.median(known) if known else None
+    trained = without = 0.0
+    for t in finished:
+        seconds = per_epoch[t.number] if per_epoch[t.number] is not None else fallback
+        if seconds is not None:
+            trained += seconds * len(t.intermediate_values)
+            without += seconds * epochs_per_trial
+    return Savings(trials=len(finished), epochs_per_trial=epochs_per_trial,
+                   epochs_trained=sum(len(t.intermediate_values) for t in finished),
+                   seconds_trained=trained if known else None, seconds_without_pruning=without if known else None)
+
+
+def pareto_front(trials: list[FrozenTrial], maximize: bool) -> list[ParetoPoint]:
+    """COMPLETE trials that no other beats on both value and parameter count, smallest model first."""
+    points = [ParetoPoint(t.number, t.user_attrs["param_count"], t.value) for t in trials
+              if t.state == TrialState.COMPLETE and t.user_attrs.get("param_count") is not None]
+    sign = 1 if maximize else -1
+    front: list[ParetoPoint] = []
+    for p in sorted(points, key=lambda p: (p.param_count, -sign * p.value, p.number)):
+        if not front or sign * p.value > sign * front[-1].value:
+            front.append(p)
+    return front
+
+
+def device_seconds(trials: list[FrozenTrial]) -> dict[str, tuple[int, float]]:
+    """Device -> (trials, seconds): the sum of the trials' wall times, every attempt included."""
+    out: dict[str, tuple[int, float]] = {}
+    for t in trials:
+        wall = t.user_attrs.get("wall_time_s")
+        if wall is not None:
+            device = str(t.user_attrs.get("device", "unknown"))
+            n, seconds = out.get(device, (0, 0.0))
+            out[device] = (n + 1, seconds + wall)
+    return dict(sorted(out.items()))
+
+
+def failures(trials: list[FrozenTrial]) -> dict[str, list[int]]:
+    """fail_reason -> numbers of the FAIL trials with it, most frequent reason first."""
+    by_reason: dict[str, list[int]] = collections.defaultdict(list)
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            by_reason[str(t.user_attrs.get("fail_reason", "no reason recorded"))].append(t.number)
+    return dict(sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+
+
+def study_seconds(snapshot: Snapshot) -> float | None:
+    """From the first trial's start to the last one's end (to now, while trials run)."""
+    starts = [t.datetime_start for t in snapshot.trials if t.datetime_start is not None]
+    if not starts:
+        return None
+    ends = [t.datetime_complete for t in snapshot.trials if t.datetime_complete is not None]
+    running = any(t.state == TrialState.RUNNING for t in snapshot.trials)
+    end = snapshot.taken_at if running or not ends else max(ends)
+    return max(0.0, (end - min(starts)).total_seconds())
+
+def learning_curves(trials: list[FrozenTrial]) -> list[Curve]:
+    """Every trial that reported an epoch (WAITING ones have not), by number."""
+    out = []
+    for t in trials:
+        if t.intermediate_values:
+            steps = sorted(t.intermediate_values)
+            out.append(Curve(t.number, t.state.name, steps, [t.intermediate_values[s] for s in steps]))
+    return out
