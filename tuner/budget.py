@@ -54,7 +54,11 @@ def objective_failures(storage: optuna.storages.RDBStorage, study_id: int) -> in
     """FAIL trials the objective caused (exception, NaN, OOM). Infrastructure failures do not count:
     "interrupted" (a signal) and heartbeat-stale trials (no fail_reason: the worker died) are retried."""
     failed = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-    return sum(1 for t in failed if t.user_attrs.get("fail_reason", "interrupted") != "interrupted")
+    # Trials failed under a config that `launch-study` has since replaced do not count (tuner.study).
+    replaced = [e for e in storage.get_study_user_attrs(study_id).get("tuner_history", []) if e["event"] == "replace"]
+    since = replaced[-1]["first_trial"] if replaced else 0
+    return sum(1 for t in failed
+               if t.number >= since and t.user_attrs.get("fail_reason", "interrupted") != "interrupted")
 
 
 def can_start(counts: Counts, n_trials: int) -> bool:
