@@ -115,13 +115,13 @@ def test_a_study_launched_before_study_uuids_keeps_its_name_layout(pg_url, tmp_p
 
 
 def test_extending_a_finished_study_lets_three_workers_finish_exactly_the_new_total(pg_url, tmp_path):
-    path = study_file(tmp_path, "ext", n_trials=6, epochs=2)
+    path = study_file(tmp_path, "ext", n_trials=6, epochs=2, worker=FAST_RECOVERY)  # idle workers look every 1 s
     env = tuner_env(pg_url, tmp_path)
-    assert tuner("run", str(path), "--workers", "2", "--cpu", env=env).returncode == 0
+    assert tuner("run", str(path), "--workers", "1", "--cpu", env=env).returncode == 0
     assert finished(pg_url, "ext") == 6
 
     (tmp_path / "v2").mkdir()
-    bigger = study_file(tmp_path / "v2", "ext", n_trials=9, epochs=2)
+    bigger = study_file(tmp_path / "v2", "ext", n_trials=9, epochs=2, worker=FAST_RECOVERY)
     assert_one_line_error(tuner("launch-study", str(bigger), env=env), "tuner extend --study ext --n-trials 9")
     assert_one_line_error(tuner("extend", "--study", "ext", "--n-trials", "5", env=env),
                           "6 finished trials", ">= 6, got 5")
@@ -145,7 +145,7 @@ def test_extending_a_finished_study_lets_three_workers_finish_exactly_the_new_to
 def test_an_extension_made_while_workers_run_is_picked_up_without_restarting_them(pg_url, tmp_path):
     from tuner.lifecycle import extend_study
 
-    path = long_study(tmp_path, "live", n_trials=3, epochs=8)
+    path = long_study(tmp_path, "live", n_trials=3, epochs=4)
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
@@ -156,7 +156,7 @@ def test_an_extension_made_while_workers_run_is_picked_up_without_restarting_the
     storage.engine.dispose()
     # Counted under the budget lock: with fewer than 3 finished no worker can have seen the old budget spent
     # (a worker exits only then), so all three are still there and decide about their next trial with the new
-    # budget. Trials of 8 long epochs make this the case, and the assert proves it was.
+    # budget. Trials of 4 long epochs (seconds) make this the case, and the assert proves it was.
     assert result.finished < 3 and all(p.poll() is None for p in procs)
     assert wait_all(procs, timeout=400) == [0, 0, 0]
     assert finished(pg_url, "live") == 6 and len(trials(pg_url, "live")) == 6
