@@ -226,6 +226,14 @@ def test_a_study_with_no_finished_trial_takes_a_changed_config(pg_url, tmp_path)
     attrs = study_attrs(pg_url, "moved")
     assert attrs["tuner_config"]["task"]["data_dir"] == "b"
     assert [e["event"] for e in attrs["tuner_history"]] == ["replace"]
+    # Optuna fixes a study's direction at creation: that change is refused even here
+    from tuner.study import launch_study
+
+    flipped = study_file(tmp_path, "moved", extra='metric = "val_loss"\ndirection = "minimize"')
+    storage = optuna.storages.RDBStorage(pg_url)
+    with pytest.raises(TunerError, match="direction of a study cannot change"):
+        launch_study(storage, load_config(flipped), check_paths=False)
+    storage.engine.dispose()
 
 
 def test_replacing_the_config_of_a_study_whose_trials_failed_starts_it_afresh(pg_url, tmp_path):

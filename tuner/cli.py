@@ -61,7 +61,7 @@ def launch_study_cmd(
     result = launch_study(_storage(storage), config, check_paths=not no_check)
     if result.replaced:
         out.print(f"replaced the config of study {result.name!r} (no trial had finished): "
-                  f"{', '.join(result.replaced)}", markup=False, highlight=False, soft_wrap=True)
+                  f"{result.replaced}", markup=False, highlight=False, soft_wrap=True)
     else:
         verb = "created" if result.created else "already exists with this config; reusing"
         out.print(f"study {result.name!r} {verb}")

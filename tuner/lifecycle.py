@@ -84,8 +84,11 @@ def current_config(storage: optuna.storages.RDBStorage, study_id: int, loaded: S
     """The study's config as stored now, for a worker that loaded `loaded` when it started: `tuner extend`
     changes n_trials (and max_failures with it). Any other change means `launch-study` replaced the config,
     and this worker's objective (data, model) is stale."""
-    stored = parse_config(storage.get_study_user_attrs(study_id)[CONFIG_ATTR],
-                          f"stored config of study {loaded.study.name!r}")
+    try:
+        attrs = storage.get_study_user_attrs(study_id)
+    except KeyError:  # `tuner delete` (or optuna delete-study) while this worker ran
+        raise TunerError(f"study {loaded.study.name!r} was deleted") from None
+    stored = parse_config(attrs[CONFIG_ATTR], f"stored config of study {loaded.study.name!r}")
     if _with_budget(stored, loaded.study.n_trials) != loaded:
         raise TunerError(f"the config of study {loaded.study.name!r} was replaced after this worker started; "
                          "start the worker again")

@@ -23,7 +23,7 @@ HISTORY_ATTR = "tuner_history"  # study user attribute: list of {at, event, ...}
 class LaunchResult:
     name: str
     created: bool  # False: the study existed; its config is reused (or replaced, see `replaced`)
-    replaced: tuple[str, ...] = ()  # the changes, when a study with no finished trial got a new config
+    replaced: str = ""  # the changes, when a study with no finished trial took a new config
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class StudyStatus:
     counts: dict[str, int]
     best_value: float | None
     direction: str
-    checkpoint_bytes: int | None  # None: this host has no folder for the study's checkpoints
+    checkpoint_bytes: int | None = None  # None: this host has no folder for the study's checkpoints
 
     @property
     def finished(self) -> int:
@@ -109,7 +109,7 @@ def _replace_config(storage: optuna.storages.RDBStorage, config: StudyConfig,
         # failures before this point were the old config's: they do not count towards max_failures
         append_history(storage, study_id, "replace", changes=describe_changes(changes),
                        first_trial=sum(counts.by_state.values()))
-    return LaunchResult(name, created=False, replaced=tuple(f"{k} ({a!r} -> {b!r})" for k, a, b in changes))
+    return LaunchResult(name, created=False, replaced=describe_changes(changes))
 
 
 def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
@@ -127,11 +127,16 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
         changes = _differences(_comparable(stored.to_dict()), _comparable(wanted))
         if not changes:
             return LaunchResult(name, created=False)
-        if [key for key, _, _ in changes] == ["study.n_trials"]:
+        keys = [key for key, _, _ in changes]
+        if keys == ["study.n_trials"]:
             now, asked = stored.study.n_trials, config.study.n_trials
             raise TunerError(f"study {name!r} has n_trials = {now} and the file says {asked}: to change the budget "
                              f"run `tuner extend --study {name} --n-trials {asked}` (or put n_trials = {now} in "
                              "the file)") from None
+        if "study.direction" in keys:  # Optuna fixes a study's direction when it is created
+            raise TunerError(f"study {name!r} already exists with a different config: {describe_changes(changes)}; "
+                             "the direction of a study cannot change: launch it under another name (--name) or "
+                             f"delete it first (tuner delete --study {name})") from None
         return _replace_config(storage, config, changes)
     for key, value in identity_attrs().items():  # before the config: a study with a config has an identity
         study.set_user_attr(key, value)
