@@ -171,3 +171,13 @@ class BudgetLockHold:
         self.conn.close()
         self.watch.close()
         self.engine.dispose()
+
+
+def checkpoint_dir(url: str, name: str) -> Path:
+    """The study's checkpoint folder as stored at launch: ROOT/<study uuid> (see tuner/place.py)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    storage.engine.dispose()
+    return Path(attrs["tuner_checkpoint_root"]) / attrs["tuner_uuid"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from optuna.trial import TrialState
 
-from conftest import study_file, tuner, tuner_env
+from conftest import checkpoint_dir, study_file, tuner, tuner_env
 from test_reliability import FAST_RECOVERY, LONG_TRIAL, interrupt_at_epoch, retries_of, trials
 from tuner.checkpoint import CheckpointDir
 
@@ -29,7 +29,7 @@ def test_a_retry_with_a_corrupt_newest_checkpoint_resumes_from_the_previous_and_
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
     victim, _ = interrupt_at_epoch("corrupt", env, tmp_path / "w.log", 3)
-    newest = sorted((tmp_path / "ckpt" / "corrupt" / str(victim)).glob("epoch-*.pt"))[-1]
+    newest = sorted((checkpoint_dir(pg_url, "corrupt") / str(victim)).glob("epoch-*.pt"))[-1]
     newest_epoch = int(newest.stem.split("-")[1])
     newest.write_bytes(b"\0" * 100)
     again = tuner("worker", "--study", "corrupt", "--cpu", "--threads", "1", env=env)

@@ -60,11 +60,13 @@ def test_launching_the_same_file_twice_reuses_the_study(pg_url, tmp_path):
     assert count_studies(pg_url) == 1
 
 
-def test_a_different_config_under_an_existing_name_is_refused(pg_url, tmp_path):
+def test_a_different_config_under_a_study_with_finished_trials_is_refused(pg_url, tmp_path):
     env = tuner_env(pg_url, tmp_path)
-    assert tuner("launch-study", str(study_file(tmp_path, "same", epochs=3)), env=env).returncode == 0
-    changed = study_file(tmp_path, "same", epochs=5)
-    assert_one_line_error(tuner("launch-study", str(changed), env=env), "task.epochs (3 -> 5)", "--name")
+    assert tuner("run", str(study_file(tmp_path, "same", n_trials=1, epochs=1)), "--workers", "1", "--cpu",
+                 env=env).returncode == 0
+    changed = study_file(tmp_path, "same", n_trials=1, epochs=5)
+    assert_one_line_error(tuner("launch-study", str(changed), env=env), "task.epochs (1 -> 5)", "--name",
+                          "1 trials finished")
     renamed = tuner("launch-study", str(changed), "--name", "same-5", env=env)
     assert renamed.returncode == 0
     assert count_studies(pg_url) == 2
@@ -121,7 +123,8 @@ def test_storage_precedence_flag_over_env_over_file(tmp_path, monkeypatch):
 
 
 def test_every_command_has_help():
-    for command in ("launch-study", "worker", "best", "status", "run", "export", "dashboard", "report"):
+    for command in ("launch-study", "worker", "best", "status", "run", "export", "extend", "delete", "dashboard",
+                    "report"):
         result = tuner(command, "--help", env=tuner_env("", REPO))
         assert result.returncode == 0 and "Usage" in result.stdout, command
 

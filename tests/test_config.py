@@ -79,7 +79,6 @@ def test_name_flag_overrides_the_file(tmp_path):
     (("[space]", "[space]\nfreeze = \"half\""), "space.freeze", "'half'"),
     (("[space]", "[space]\nfreeze = \"all\""), "space.freeze", "'all'"),
     (('model = "cnn"', 'model = "cnn"\nweights = "imagenet"'), "task.weights", "'imagenet'"),
-    (('model = "cnn"', 'model = "resnet18"\nweights = "nope.pt"'), "task.weights", "'nope.pt'"),
     (('dataset = "digits"', 'dataset = "imagefolder"'), "task.data_dir", "required"),
 ])
 def test_each_mistake_names_file_field_and_value(tmp_path, change, field, value):

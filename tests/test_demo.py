@@ -23,7 +23,7 @@ def test_the_digits_demo_finds_a_good_model_and_prunes(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "best trial of 'digits-cnn'" in run.stdout
-    assert (tmp_path / "tuner.db").exists() and (tmp_path / "checkpoints" / "digits-cnn").is_dir()
+    assert (tmp_path / "tuner.db").exists()
     best = json.loads(subprocess.run([sys.executable, "-m", "tuner", "best", "--study", "digits-cnn", "--format",
                                       "json"], cwd=tmp_path, env=env, capture_output=True, text=True).stdout)
     assert best["value"] >= 0.95
@@ -31,3 +31,11 @@ def test_the_digits_demo_finds_a_good_model_and_prunes(tmp_path):
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 40
     assert states.count(TrialState.PRUNED) > 0 and states.count(TrialState.COMPLETE) > 0
+    # Checkpoints under ./checkpoints/<study uuid>: only the final weights of the best keep_best (5) trials
+    # (and of any tied with the 5th) are left.
+    values = sorted((t.value for t in study.trials if t.state == TrialState.COMPLETE), reverse=True)
+    kept = {t.system_attrs.get("failed_trial", t.number)  # a retry's checkpoints are its original's
+            for t in study.trials if t.state == TrialState.COMPLETE and t.value >= values[4]}
+    (study_folder,) = (tmp_path / "checkpoints").iterdir()
+    assert {int(p.name) for p in study_folder.iterdir()} == kept
+    assert all(len(list(p.iterdir())) == 1 for p in study_folder.iterdir())

@@ -11,14 +11,9 @@ from typing import Any
 import torch
 
 KEEP = 2  # checkpoints kept per trial: the newest, and one to fall back on if it is corrupt
-DEFAULT_ROOT = "checkpoints"
+DEFAULT_ROOT = "checkpoints"  # relative to the working directory of `launch-study` (see tuner/place.py)
 
 _log = logging.getLogger(__name__)
-
-
-def checkpoint_root() -> Path:
-    """TUNER_CHECKPOINT_DIR, else ./checkpoints. Workers on several hosts need it on shared storage."""
-    return Path(os.environ.get("TUNER_CHECKPOINT_DIR", DEFAULT_ROOT))
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -38,10 +33,11 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 class CheckpointDir:
-    """The checkpoints of one trial and its retries: ROOT/STUDY/TRIAL/epoch-NNNN.pt."""
+    """The checkpoints of one trial and its retries: ROOT/STUDY_KEY/TRIAL/epoch-NNNN.pt (tuner/place.py
+    says which root and key)."""
 
-    def __init__(self, root: Path, study_name: str, trial_number: int):
-        self.path = root / study_name / str(trial_number)
+    def __init__(self, root: Path, study_key: str, trial_number: int):
+        self.path = root / study_key / str(trial_number)
 
     def _files(self) -> list[Path]:
         return sorted(self.path.glob("epoch-*.pt"), reverse=True)  # zero-padded names: newest first

@@ -76,6 +76,8 @@ def launch_study_cmd(
     file: str = typer.Argument(..., help="Study file (TOML), e.g. studies/digits.toml."),
     storage: Optional[str] = StorageOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Study name; overrides [study] name in the file."),
+    no_check: bool = typer.Option(False, "--no-check", help="Do not check here that task.data_dir and "
+                                  "task.weights exist (when only the workers can see them)."),
 ) -> None:
     """Validate a study file and store the study and its config in the database."""
     from tuner.config import load_config
@@ -84,9 +86,13 @@ def launch_study_cmd(
 
     config = load_config(file, name=name)  # validate before touching the database
     url = resolve_storage_url(storage)
-    result = launch_study(_storage(url), config)
-    verb = "created" if result.created else "already exists with this config; reusing"
-    out.print(f"study {result.name!r} {verb}", markup=False, highlight=False)
+    result = launch_study(_storage(url), config, check_paths=not no_check)
+    if result.replaced:
+        out.print(f"replaced the config of study {result.name!r} (no trial had finished): "
+                  f"{result.replaced}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        verb = "created" if result.created else "already exists with this config; reusing"
+        out.print(f"study {result.name!r} {verb}", markup=False, highlight=False)
     # The hint names the storage: pasted on another host (or in another directory) without it, a worker
     # would open a new, empty sqlite:///tuner.db there and find no study.
     command, note = worker_command(url, result.name)
@@ -194,7 +200,7 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Refresh the table until Ctrl-C."),
     interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes with --watch."),
 ) -> None:
-    """Per study: trials by state, retries, best value so far, budget left."""
+    """Per study: trials by state, retries, best value so far, budget left, checkpoint disk use."""
     from tuner import ui
     from tuner.study import study_status, tuner_studies
 
@@ -310,6 +316,51 @@ def export(
 
     payload = export_best(_existing_storage(storage), study, Path(out_file))
     out.print(f"wrote {out_file}: trial #{payload['trial']}, value {payload['value']:.4f}, epoch {payload['epoch']}")
+
+
+@app.command()
+def extend(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    n_trials: int = typer.Option(..., "--n-trials", help="The new total budget of COMPLETE + PRUNED trials."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Change a study's total budget; running workers pick it up before their next trial."""
+    from tuner.lifecycle import extend_study
+
+    r = extend_study(_storage(storage), study, n_trials)
+    if r.new == r.old:
+        out.print(f"study {r.name!r}: n_trials is already {r.new}")
+        return
+    out.print(f"study {r.name!r}: n_trials {r.old} -> {r.new} ({r.finished} finished)")
+    if r.new > r.old:
+        out.print(f"workers still running take the new trials; a worker that had exited does not come back: "
+                  f"tuner worker --study {r.name}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def delete(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Delete a study from the database, with all its trials and checkpoints."""
+    from tuner.lifecycle import delete_study, plan_delete
+    from tuner.place import human_bytes
+
+    st = _storage(storage)
+    plan = plan_delete(st, study)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise TunerError(f"tuner delete asks for confirmation on a terminal; pass --yes to delete study "
+                             f"{study!r} without asking")
+        running = f", {plan.running} of them RUNNING (stop their workers first)" if plan.running else ""
+        if not typer.confirm(f"delete study {study!r}: {plan.trials} trials{running} and "
+                             f"{human_bytes(plan.checkpoint_bytes)} of checkpoints in {plan.place.path}?"):
+            out.print("nothing deleted")
+            raise typer.Exit(1)
+    done = delete_study(st, study)
+    out.print(f"deleted study {study!r}: {done.trials} trials, {human_bytes(done.checkpoint_bytes)} of "
+              f"checkpoints freed ({done.place.path})", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -47,6 +47,7 @@ class StudySection:
     seed: int = 0
     max_retries: int = 2  # retries of a failed trial (same params) before it is given up
     max_failures: int = 0  # trials failed by the objective (not signals/dead workers) that stop the study; 0 = n_trials
+    keep_best: int = 5  # COMPLETE trials whose final weights are kept on disk (the best ones); the rest are deleted
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,6 @@ def _check_task(c: _Checker, task: TaskSection) -> None:
     if task.weights != "none" and task.model == "cnn":
         raise c.fail("task.weights", "needs a torchvision backbone model (the cnn has no pretrained weights)",
                      task.weights)
-    if task.weights not in ("none", "imagenet") and not Path(task.weights).is_file():
-        raise c.fail("task.weights", "must be none, imagenet or an existing .pt file", task.weights)
     if task.dataset in ("imagefolder", "cifar10", "cifar100") and not task.data_dir:
         raise TunerError(f"{c.source}: task.data_dir is required for dataset {task.dataset!r}")
     c.at_least(task.image_size, 8, "task.image_size")
@@ -297,6 +296,7 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     c.one_of(study.sampler, SAMPLERS, "study.sampler")
     c.at_least(study.max_retries, 0, "study.max_retries")
     c.at_least(study.max_failures, 0, "study.max_failures")
+    c.at_least(study.keep_best, 1, "study.keep_best")
     c.one_of(pruner.type, PRUNERS, "pruner.type")
     c.at_least(pruner.n_startup_trials, 0, "pruner.n_startup_trials")
     c.at_least(pruner.n_warmup_steps, 0, "pruner.n_warmup_steps")

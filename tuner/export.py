@@ -10,24 +10,24 @@ import optuna
 import torch
 from torch import nn
 
-from tuner.checkpoint import CheckpointDir, checkpoint_root, save_atomic
+from tuner.checkpoint import save_atomic
 from tuner.config import StudyConfig, parse_config
 from tuner.errors import TunerError
 from tuner.models import build_model
 from tuner.objective import lineage_number
 from tuner.space import HParams, hparams_from_params
-from tuner.study import best_frozen_trial, load_config
+from tuner.study import best_frozen_trial, checkpoint_place, load_config
 
 
 def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> dict[str, Any]:
     """Write {model, hparams, config, trial, value, epoch, num_classes, image_shape} to `out` (atomically)."""
     config = load_config(storage, name)
     trial = best_frozen_trial(storage, name)
-    checkpoints = CheckpointDir(checkpoint_root(), name, lineage_number(trial))
+    checkpoints = checkpoint_place(storage, name).trial(lineage_number(trial))
     state = checkpoints.load_latest()
     if state is None:
-        raise TunerError(f"no checkpoint of trial {trial.number} under {checkpoints.path}: checkpoints are "
-                         "written where its worker ran (set TUNER_CHECKPOINT_DIR to that directory)")
+        raise TunerError(f"no checkpoint of trial {trial.number} under {checkpoints.path}: this host does not see "
+                         "the folder its worker wrote to (set TUNER_CHECKPOINT_DIR to where it is mounted here)")
     model_state = state["model"]
     hp = hparams_from_params(config.space, trial.params)
     payload = {"model": model_state, "hparams": dataclasses.asdict(hp), "config": config.to_dict(),

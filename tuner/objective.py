@@ -7,6 +7,7 @@ this one retries, report the metric every epoch, checkpoint, and let the pruner 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,11 +15,11 @@ import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from tuner.checkpoint import CheckpointDir, checkpoint_root
 from tuner.config import StudyConfig
 from tuner.data import Data, load_data
 from tuner.errors import TrialFailed
 from tuner.models import build_model, count_parameters
+from tuner.place import study_place
 from tuner.space import describe_params, suggest_hparams
 from tuner.train import FitConfig, fit
 
@@ -37,7 +38,9 @@ def lineage_number(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> 
     """The number of the first trial in a retry chain: retries share its seed and checkpoints."""
     frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else trial.study._storage.get_trial(
         trial._trial_id)
-    original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8; `tuner export` must not print it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     return frozen.number if original is None else original
 
 
@@ -86,7 +89,8 @@ def run_trial(
     trial.set_user_attr("image_shape", list(data.image_shape))
     trial.set_user_attr("num_classes", data.num_classes)
 
-    checkpoints = CheckpointDir(checkpoint_root(), config.study.name, lineage)
+    # the study's own folder (its uuid under the root stored at launch): never another study's of the same name
+    checkpoints = study_place(trial.study.user_attrs, config.study.name).trial(lineage)
     resume = checkpoints.load_latest()
     history: list[float] = []
     if resume is not None:
@@ -102,14 +106,13 @@ def run_trial(
     def on_epoch_end(epoch: int, metrics: dict[str, float], snapshot: Callable[[], dict]) -> None:
         value = metrics[metric]
         history.append(value)
-        # report -> checkpoint -> prune?: a trial that was pruned can still be exported/inspected
+        # report -> checkpoint -> prune? (a pruned trial's folder is deleted later by tuner/retention.py)
         trial.report(value, epoch)
         trial.set_user_attr("epochs_run", epoch)
         checkpoints.save({**snapshot(), "history": history})
         on_epoch(EpochEvent(trial.number, epoch, config.task.epochs, value))
         if trial.should_prune():
             trial.set_user_attr("pruned_at_epoch", epoch)
-            checkpoints.keep_only_newest()
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={value:.4f}")
 
     fit_config = FitConfig(epochs=config.task.epochs, batch_size=config.task.batch_size, lr=hp.lr,

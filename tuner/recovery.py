@@ -126,7 +126,10 @@ def objective_failures(storage: optuna.storages.RDBStorage, study_id: int) -> in
     a signal (INTERRUPTED) or a dead/frozen worker (STALE) is retried instead."""
     stale_prefix = STALE.split("{", 1)[0]
     failed = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.FAIL,))
-    reasons = [t.user_attrs.get("fail_reason", INTERRUPTED) for t in failed]
+    # Trials failed under a config that `launch-study` has since replaced do not count (tuner.study).
+    replaced = [e for e in storage.get_study_user_attrs(study_id).get("tuner_history", []) if e["event"] == "replace"]
+    since = replaced[-1]["first_trial"] if replaced else 0
+    reasons = [t.user_attrs.get("fail_reason", INTERRUPTED) for t in failed if t.number >= since]
     return sum(1 for r in reasons if r != INTERRUPTED and not r.startswith(stale_prefix))
 
 

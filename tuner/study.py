@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import datetime
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
-from tuner.budget import trial_counts
+from tuner.budget import budget_lock, trial_counts
 from tuner.config import StudyConfig, parse_config
 from tuner.errors import TunerError
 from tuner.storage import shown_url
+from tuner.place import StudyPlace, identity_attrs, study_place
+from tuner.preflight import check_task_paths
 
 CONFIG_ATTR = "tuner_config"  # study user attribute holding the validated study file
+HISTORY_ATTR = "tuner_history"  # study user attribute: list of {at, event, ...} (extend, replace)
 
 
 @dataclass(frozen=True)
 class LaunchResult:
     name: str
-    created: bool  # False: the same config was already launched, and is reused
+    created: bool  # False: the study existed; its config is reused (or replaced, see `replaced`)
+    replaced: str = ""  # the changes, when a study with no finished trial took a new config
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class StudyStatus:
     counts: dict[str, int]
     best_value: float | None
     direction: str
+    checkpoint_bytes: int | None = None  # None: this host has no folder for the study's checkpoints
 
     @property
     def finished(self) -> int:
@@ -54,15 +61,14 @@ class StudyStatus:
         return self.counts.get("retries", 0)
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
     out = []
-    for key in keys:
+    for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key} ({a!r} -> {b!r})")
+            out.append((f"{prefix}{key}", a, b))
     return out
 
 
@@ -79,18 +85,77 @@ def label_for_dashboard(study: optuna.Study, config: StudyConfig) -> None:
     save_note(study, f"Study file, as launched:\n\n```toml\n{dump_toml(config.to_dict())}```\n")
 
 
-def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig) -> LaunchResult:
-    """Create the study and store its config; the same config again reuses it, a different one is refused."""
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """max_failures equal to n_trials is the default ("n_trials") and follows it: not a change of its own."""
+    study = dict(config["study"])
+    if study.get("max_failures") == study.get("n_trials"):
+        study["max_failures"] = "n_trials"
+    return {**config, "study": study}
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{key} ({a!r} -> {b!r})" for key, a, b in changes)
+
+
+def append_history(storage: optuna.storages.RDBStorage, study_id: int, event: str, **fields: Any) -> None:
+    """Record a change of the stored study (call under the budget lock: read-modify-write)."""
+    history = list(storage.get_study_user_attrs(study_id).get(HISTORY_ATTR, []))
+    at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    storage.set_study_user_attr(study_id, HISTORY_ATTR, history + [{"at": at, "event": event, **fields}])
+
+
+def _replace_config(storage: optuna.storages.RDBStorage, config: StudyConfig,
+                    changes: list[tuple[str, Any, Any]]) -> LaunchResult:
+    """A study where no trial has finished or is running takes the new config. Queued retries and
+    checkpoints were made under the old one: the retries are failed ("config replaced"), the checkpoints go."""
+    name = config.study.name
+    study_id = storage.get_study_id_from_name(name)
+    with budget_lock(storage, study_id):  # no worker can start a trial meanwhile
+        counts = trial_counts(storage, study_id)
+        if counts.finished or counts["RUNNING"]:
+            raise TunerError(f"study {name!r} already exists with a different config: {describe_changes(changes)}; "
+                             f"{counts.finished} trials finished and {counts['RUNNING']} running under it: launch it "
+                             f"under another name (--name) or delete it first (tuner delete --study {name})")
+        for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", "config replaced")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        checkpoint_place(storage, name).remove()
+        storage.set_study_user_attr(study_id, CONFIG_ATTR, config.to_dict())
+        # failures before this point were the old config's: they do not count towards max_failures
+        append_history(storage, study_id, "replace", changes=describe_changes(changes),
+                       first_trial=sum(counts.by_state.values()))
+    label_for_dashboard(optuna.load_study(study_name=name, storage=storage), config)  # the note shows it too
+    return LaunchResult(name, created=False, replaced=describe_changes(changes))
+
+
+def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
+                 check_paths: bool = True) -> LaunchResult:
+    """Create the study and store its config. The same config again reuses it; a study where no trial has
+    finished takes a changed config; otherwise a different config is refused. A change of n_trials alone is
+    `tuner extend`'s job. check_paths: first check here that the task's data and weights exist."""
+    if check_paths:
+        check_task_paths(config.task)
     name, wanted = config.study.name, config.to_dict()
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction=config.study.direction)
     except optuna.exceptions.DuplicatedStudyError:
         stored = load_config(storage, name)  # raises if the study is not one of ours
-        changed = _differences(stored.to_dict(), wanted)
-        if changed:
-            raise TunerError(f"study {name!r} already exists with a different config: {', '.join(changed)}; "
-                             "launch it under another name (--name) or delete it first") from None
-        return LaunchResult(name, created=False)
+        changes = _differences(_comparable(stored.to_dict()), _comparable(wanted))
+        if not changes:
+            return LaunchResult(name, created=False)
+        keys = [key for key, _, _ in changes]
+        if keys == ["study.n_trials"]:
+            now, asked = stored.study.n_trials, config.study.n_trials
+            raise TunerError(f"study {name!r} has n_trials = {now} and the file says {asked}: to change the budget "
+                             f"run `tuner extend --study {name} --n-trials {asked}` (or put n_trials = {now} in "
+                             "the file)") from None
+        if "study.direction" in keys:  # Optuna fixes a study's direction when it is created
+            raise TunerError(f"study {name!r} already exists with a different config: {describe_changes(changes)}; "
+                             "the direction of a study cannot change: launch it under another name (--name) or "
+                             f"delete it first (tuner delete --study {name})") from None
+        return _replace_config(storage, config, changes)
+    for key, value in identity_attrs().items():  # before the config: a study with a config has an identity
+        study.set_user_attr(key, value)
     study.set_user_attr(CONFIG_ATTR, wanted)
     label_for_dashboard(study, config)
     return LaunchResult(name, created=True)
@@ -108,6 +173,11 @@ def load_config(storage: optuna.storages.RDBStorage, name: str) -> StudyConfig:
     if stored is None:
         raise TunerError(f"study {name!r} was not launched by tuner (it has no {CONFIG_ATTR} attribute)")
     return parse_config(stored, f"stored config of study {name!r}")
+
+
+def checkpoint_place(storage: optuna.storages.RDBStorage, name: str) -> StudyPlace:
+    """Where the study's checkpoints are (see tuner/place.py for the precedence)."""
+    return study_place(storage.get_study_user_attrs(storage.get_study_id_from_name(name)), name)
 
 
 def tuner_studies(storage: optuna.storages.RDBStorage) -> list[str]:
@@ -142,4 +212,4 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
     if counts.get("COMPLETE"):
         best = optuna.load_study(study_name=name, storage=storage).best_value
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
-                       direction=config.study.direction)
+                       direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size())

@@ -18,6 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tuner.place import human_bytes
 from tuner.progress import Snapshot
 from tuner.storage import is_connection_error
 from tuner.study import StudyStatus
@@ -68,13 +69,15 @@ def progress_view(snap: Snapshot, note: str = "") -> RenderableType:
 def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
     """`tuner status`: one row per study; a caption (with the time) when it is refreshed."""
     table = Table(caption=f"{datetime.now():%H:%M:%S}, {caption}" if caption else None)
-    for col in ("study", "complete", "pruned", "running", "waiting", "failed", "retries", "best", "budget left"):
+    for col in ("study", "complete", "pruned", "running", "waiting", "failed", "retries", "best", "budget left",
+                "checkpoints"):
         table.add_column(col)
     for s in statuses:
         c = s.counts
         best = "-" if s.best_value is None else f"{s.best_value:.4f}"
+        disk = "-" if s.checkpoint_bytes is None else human_bytes(s.checkpoint_bytes)  # "-": no folder on this host
         table.add_row(s.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")),
-                      str(s.retries), best, f"{s.budget_left}/{s.n_trials}")
+                      str(s.retries), best, f"{s.budget_left}/{s.n_trials}", disk)
     return table
 
 

@@ -23,8 +23,10 @@ from optuna.trial import TrialState
 from tuner.budget import budget_lock, can_start, trial_counts
 from tuner.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
+from tuner.lifecycle import current_config
 from tuner.progress import complete_message
 from tuner.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHeartbeat, objective_failures
+from tuner.retention import sweep_checkpoints
 from tuner.storage import brief_storage, call_with_retry, make_storage
 from tuner.study import load_config, tuner_studies
 
@@ -150,12 +152,14 @@ class Worker:
         return call_with_retry(fn, url=self.url, retry_seconds=self.db_retry_seconds, what=what)
 
     def _next_trial(self, study: optuna.Study, config: StudyConfig) -> optuna.Trial | object | None:
+        sweep_checkpoints(self.storage, study._study_id, study.study_name)  # after each tell, and before exiting
         return self._with_retry(lambda: self._next_trial_once(study, config), "next trial")
 
     def _next_trial_once(self, study: optuna.Study, config: StudyConfig) -> optuna.Trial | object | None:
         """A new trial, _WAIT (others' running trials hold the rest of the budget), or None (done)."""
         storage, study_id = self.storage, study._study_id
         with budget_lock(storage, study_id):
+            config = current_config(storage, study_id, config)  # `tuner extend` may have changed n_trials
             counts = trial_counts(storage, study_id)
             if counts.finished >= config.study.n_trials:
                 return None

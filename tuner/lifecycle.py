@@ -1,0 +1,97 @@
+"""Changing a launched study: extend (or lower) its budget, delete it with its checkpoints, and the config as
+running workers re-read it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import optuna
+
+from tuner.budget import budget_lock, trial_counts
+from tuner.config import StudyConfig, parse_config
+from tuner.errors import TunerError
+from tuner.place import StudyPlace
+from tuner.study import CONFIG_ATTR, append_history, checkpoint_place, label_for_dashboard, load_config
+
+
+@dataclass(frozen=True)
+class DeletePlan:
+    name: str
+    trials: int
+    running: int
+    place: StudyPlace
+    checkpoint_bytes: int  # 0 where this host has no folder for the study
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    name: str
+    old: int
+    new: int
+    finished: int
+
+
+def plan_delete(storage: optuna.storages.RDBStorage, name: str) -> DeletePlan:
+    """What `delete_study` would remove (for the confirmation); one line if there is no such tuner study."""
+    load_config(storage, name)  # a missing study, or one tuner did not launch, is refused here
+    counts = trial_counts(storage, storage.get_study_id_from_name(name))
+    place = checkpoint_place(storage, name)
+    return DeletePlan(name, sum(counts.by_state.values()), counts["RUNNING"], place, place.size() or 0)
+
+
+def delete_study(storage: optuna.storages.RDBStorage, name: str) -> DeletePlan:
+    """Remove the study from the database (optuna.delete_study), then its checkpoint folder.
+    Returns what was removed (checkpoint_bytes: the bytes freed)."""
+    plan = plan_delete(storage, name)
+    optuna.delete_study(study_name=name, storage=storage)
+    return dataclasses.replace(plan, checkpoint_bytes=plan.place.remove())
+
+
+def _with_budget(config: StudyConfig, n_trials: int) -> StudyConfig:
+    study = config.study
+    # max_failures equal to n_trials is the default ("n_trials"): it follows the budget
+    max_failures = n_trials if study.max_failures == study.n_trials else study.max_failures
+    return dataclasses.replace(config, study=dataclasses.replace(study, n_trials=n_trials,
+                                                                 max_failures=max_failures))
+
+
+def extend_study(storage: optuna.storages.RDBStorage, name: str, n_trials: int) -> ExtendResult:
+    """Set the study's total budget to n_trials; running workers pick it up before their next trial.
+
+    Lowering is allowed down to what is finished, running or queued for a retry, never below: those trials
+    will all end COMPLETE or PRUNED, and the budget must stay exact."""
+    if n_trials < 1:
+        raise TunerError(f"--n-trials must be >= 1, got {n_trials}")
+    load_config(storage, name)  # one line if there is no such study
+    study_id = storage.get_study_id_from_name(name)
+    with budget_lock(storage, study_id):  # no trial starts meanwhile, and two extends do not interleave
+        config = load_config(storage, name)
+        counts = trial_counts(storage, study_id)
+        if n_trials < counts.committed:
+            busy = counts.committed - counts.finished
+            also = f" and {busy} running or queued for a retry" if busy else ""
+            raise TunerError(f"study {name!r} has {counts.finished} finished trials{also}: --n-trials must be "
+                             f">= {counts.committed}, got {n_trials}")
+        old = config.study.n_trials
+        if n_trials != old:
+            storage.set_study_user_attr(study_id, CONFIG_ATTR, _with_budget(config, n_trials).to_dict())
+            append_history(storage, study_id, "extend", old=old, new=n_trials)
+    if n_trials != old:  # outside the lock: the dashboard's note is for people, no worker reads it
+        label_for_dashboard(optuna.load_study(study_name=name, storage=storage), _with_budget(config, n_trials))
+    return ExtendResult(name, old, n_trials, counts.finished)
+
+
+def current_config(storage: optuna.storages.RDBStorage, study_id: int, loaded: StudyConfig) -> StudyConfig:
+    """The study's config as stored now, for a worker that loaded `loaded` when it started: `tuner extend`
+    changes n_trials (and max_failures with it). Any other change means `launch-study` replaced the config,
+    and this worker's objective (data, model) is stale."""
+    try:
+        attrs = storage.get_study_user_attrs(study_id)
+    except KeyError:  # `tuner delete` (or optuna delete-study) while this worker ran
+        raise TunerError(f"study {loaded.study.name!r} was deleted") from None
+    stored = parse_config(attrs[CONFIG_ATTR], f"stored config of study {loaded.study.name!r}")
+    if _with_budget(stored, loaded.study.n_trials) != loaded:
+        raise TunerError(f"the config of study {loaded.study.name!r} was replaced after this worker started; "
+                         "start the worker again")
+    return stored

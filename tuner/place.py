@@ -1,0 +1,104 @@
+"""Where a study's checkpoints live: an identity and an absolute root, stored in the study at launch.
+
+Layout: ROOT/<study uuid>/<lineage trial number>/epoch-NNNN.pt. The uuid makes a deleted-and-relaunched
+study under the same name start clean (it never meets the old study's checkpoints), and the absolute root
+lets every command (workers, `tuner export`, `tuner delete`, `tuner status`) find them from any working
+directory.
+
+Which root, written once: $TUNER_CHECKPOINT_DIR of the process (a host that mounts the shared folder
+elsewhere) > the root stored at launch > ./checkpoints (studies launched before the uuid existed).
+Studies launched before this layout keep the old one, ROOT/<study name>/<trial>, so they still resume and export.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.checkpoint import DEFAULT_ROOT, CheckpointDir
+
+ENV = "TUNER_CHECKPOINT_DIR"
+UUID_ATTR = "tuner_uuid"  # study user attributes, next to tuner_config
+ROOT_ATTR = "tuner_checkpoint_root"
+
+
+@dataclass(frozen=True)
+class StudyPlace:
+    """The folder of one study's checkpoints; `key` is its uuid (or its name, for an old study)."""
+
+    root: Path
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.key
+
+    def trial(self, lineage: int) -> CheckpointDir:
+        return CheckpointDir(self.root, self.key, lineage)
+
+    def lineages(self) -> dict[int, Path]:
+        """Lineage number -> its folder, for the folders that exist here."""
+        try:
+            entries = list(self.path.iterdir())
+        except OSError:  # not created yet, not mounted on this host, or not a folder
+            return {}
+        return {int(p.name): p for p in entries if p.name.isdigit() and p.is_dir()}
+
+    def size(self) -> int | None:
+        """Bytes under the study's folder; None when this host has no such folder."""
+        return tree_size(self.path) if self.path.is_dir() else None
+
+    def remove(self) -> int:
+        """Delete the study's folder; returns the bytes freed."""
+        return remove_tree(self.path)
+
+
+def _env_root() -> Path | None:
+    value = os.environ.get(ENV)
+    return Path(os.path.abspath(value)) if value else None
+
+
+def identity_attrs() -> dict[str, str]:
+    """The attributes a new study is launched with: a fresh uuid and the absolute checkpoint root here."""
+    root = _env_root() or Path(os.path.abspath(DEFAULT_ROOT))
+    return {UUID_ATTR: uuid.uuid4().hex, ROOT_ATTR: str(root)}
+
+
+def study_place(attrs: dict[str, Any], name: str) -> StudyPlace:
+    """The study's checkpoint folder from its user attributes, by the precedence in the module docstring."""
+    stored = attrs.get(ROOT_ATTR)
+    root = _env_root() or (Path(stored) if stored else Path(os.path.abspath(DEFAULT_ROOT)))
+    return StudyPlace(root, attrs.get(UUID_ATTR) or name)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under path (0 if it is gone; files vanishing meanwhile are skipped)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(folder, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def remove_tree(path: Path) -> int:
+    """rmtree that tolerates a concurrent remover (another worker's sweep); returns the bytes freed."""
+    before = tree_size(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return before - tree_size(path)
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,96 @@
+"""Checkpoint retention: keep on disk only what a running trial, a pending retry or `tuner export` can need.
+
+A lineage is a trial and its retries (they share the first trial's number and checkpoint folder). Its folder
+goes when its latest trial is
+  PRUNED,
+  FAIL with its retries exhausted (max_retries retries made: no retry can come any more), or
+  COMPLETE but not among the best `keep_best` values (ties with the keep_best-th value are kept, so
+  whichever of them Optuna reports as best can be exported).
+A lineage with a RUNNING or WAITING trial is never touched (a running trial keeps its newest checkpoint and
+the fallback, see tuner/checkpoint.py).
+
+Every rule is about a final state: a PRUNED or exhausted lineage stays so, and a COMPLETE value never changes
+while new ones only push it further down. So one SELECT is a safe basis for deleting, without the budget lock,
+and several workers sweeping at once agree (at worst they delete the same folder twice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import optuna
+import sqlalchemy
+
+from tuner.config import parse_config
+from tuner.place import remove_tree, study_place
+
+_log = logging.getLogger(__name__)
+
+_SNAPSHOT = sqlalchemy.text(
+    "SELECT t.number, t.state, v.value, a.value_json FROM trials t "
+    "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+    "LEFT JOIN trial_system_attributes a ON a.trial_id = t.trial_id AND a.key = 'failed_trial' "
+    "WHERE t.study_id = :sid")
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    number: int
+    state: str  # TrialState name
+    value: float | None
+    lineage: int  # the first trial of its retry chain
+
+
+def _rows(storage: optuna.storages.RDBStorage, study_id: int) -> list[TrialRow]:
+    with storage.engine.connect() as conn:
+        rows = conn.execute(_SNAPSHOT, {"sid": study_id}).all()
+    # Optuna stores the TrialState name; older SQLite files may hold the enum repr (as in tuner.budget).
+    return [TrialRow(n, str(state).split(".")[-1], value, n if original is None else int(json.loads(original)))
+            for n, state, value, original in rows]
+
+
+def doomed_lineages(rows: list[TrialRow], *, keep_best: int, max_retries: int, maximize: bool) -> set[int]:
+    """The lineages whose checkpoints nothing can need any more (the rules in the module docstring)."""
+    chains: dict[int, list[TrialRow]] = defaultdict(list)
+    for row in rows:
+        chains[row.lineage].append(row)
+    complete = sorted((r.value for r in rows if r.state == "COMPLETE" and r.value is not None), reverse=maximize)
+    cutoff = complete[keep_best - 1] if len(complete) >= keep_best else None
+    doomed = set()
+    for lineage, chain in chains.items():
+        if any(r.state in ("RUNNING", "WAITING") for r in chain):
+            continue
+        latest = max(chain, key=lambda r: r.number)
+        if latest.state == "PRUNED":
+            doomed.add(lineage)
+        elif latest.state == "FAIL" and len(chain) - 1 >= max_retries:
+            doomed.add(lineage)
+        elif latest.state == "COMPLETE" and cutoff is not None and latest.value is not None:
+            if (latest.value < cutoff) if maximize else (latest.value > cutoff):
+                doomed.add(lineage)
+    return doomed
+
+
+def sweep_checkpoints(storage: optuna.storages.RDBStorage, study_id: int, name: str) -> int:
+    """Delete the checkpoint folders of this study that nothing can need; returns the bytes freed.
+    Best effort: a failure is logged and the worker goes on (the next sweep tries again)."""
+    try:
+        attrs = storage.get_study_user_attrs(study_id)
+        place = study_place(attrs, name)
+        folders = place.lineages()
+        if not folders:  # nothing on disk here: no query needed
+            return 0
+        config = parse_config(attrs["tuner_config"], f"stored config of study {name!r}")
+        doomed = doomed_lineages(_rows(storage, study_id), keep_best=config.study.keep_best,
+                                 max_retries=config.study.max_retries,
+                                 maximize=config.study.direction == "maximize")
+        freed = sum(remove_tree(folders[n]) for n in sorted(doomed & set(folders)))
+        if freed:
+            _log.debug("retention: freed %d bytes of checkpoints of study %r", freed, name)
+        return freed
+    except Exception as exc:  # retention must never stop training
+        _log.warning("checkpoint retention of study %r skipped: %s: %s", name, type(exc).__name__, exc)
+        return 0
