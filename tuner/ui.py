@@ -7,6 +7,8 @@ so that the command definitions stay a few lines each.
 from __future__ import annotations
 
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -112,16 +114,20 @@ def print_tail(console: Console, path: Path, lines: int = 20) -> None:
 
 def redraw(console: Console, render: Callable[[], RenderableType], interval: float,
            until: Callable[[], bool] = lambda: False) -> None:
-    """Show render() every `interval` seconds until until() is true; Ctrl-C (KeyboardInterrupt) propagates.
+    """Show render() every `interval` seconds until until() is true; Ctrl-C raises KeyboardInterrupt.
 
     On a terminal the view is redrawn in place (rich.live). Elsewhere (a pipe, a file, TERM=dumb) each view
     is printed after the previous one, so a log shows every refresh rather than control sequences.
     """
+    # Ctrl-C only sets a flag while we poll: raised where it lands, inside a query, psycopg2 turns it into
+    # QueryCanceledError (an OperationalError), which tolerant() would take for a database outage and swallow.
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
     live = Live(console=console, auto_refresh=False) if console.is_interactive else None
     if live is not None:
         live.start()
     try:
-        while True:
+        while not interrupted.is_set():
             done = until()  # checked before drawing, so that the last view shows the end state
             view = render()
             if live is not None:
@@ -130,7 +136,9 @@ def redraw(console: Console, render: Callable[[], RenderableType], interval: flo
                 console.print(view)
             if done:
                 return
-            time.sleep(interval)
+            interrupted.wait(interval)
+        raise KeyboardInterrupt
     finally:
+        signal.signal(signal.SIGINT, previous)
         if live is not None:
             live.stop()  # leaves the last view on screen
