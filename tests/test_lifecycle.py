@@ -129,6 +129,8 @@ def test_extending_a_finished_study_lets_three_workers_finish_exactly_the_new_to
     assert extended.returncode == 0, extended.stderr
     assert "n_trials 6 -> 9 (6 finished)" in extended.stdout
     assert tuner("launch-study", str(bigger), env=env).returncode == 0  # the file now matches: reused
+    original = tuner("launch-study", str(path), env=env)  # and the file as first launched is still that study
+    assert original.returncode == 0 and "reusing" in original.stdout, original.stderr
 
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
     assert wait_all([start_worker("ext", env, log) for log in logs], timeout=400) == [0, 0, 0]

@@ -187,7 +187,9 @@ def test_importances_need_two_complete_trials_and_test_accuracy_shows_where_meas
 
 def test_an_unknown_study_is_one_line_and_exit_code_1(sqlite_url, tmp_path):
     out = tmp_path / "report.html"
-    result = tuner("report", "--study", "nope", "--out", str(out), env=tuner_env(sqlite_url, tmp_path))
+    env = tuner_env(sqlite_url, tmp_path)
+    assert tuner("launch-study", str(study_file(tmp_path, "other")), env=env).returncode == 0  # a database
+    result = tuner("report", "--study", "nope", "--out", str(out), env=env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: no study named 'nope'")

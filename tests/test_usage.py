@@ -29,6 +29,8 @@ def assert_short(result, code: int) -> None:
     (["bset"], "No such command 'bset'"),
     (["best", "--studdy", "x"], "No such option: --studdy"),
     (["worker", "--gpu", "x"], "Invalid value for '--gpu'"),
+    (["dashboard", "--port", "99999"], "Invalid value for '--port'"),
+    (["extend", "--study", "s", "--n-trials", "-3"], "Invalid value for '--n-trials'"),
 ])
 def test_a_usage_mistake_is_clicks_short_message_and_exit_code_2(args, message, tmp_path):
     result = tuner(*args, env=tuner_env("", tmp_path), cwd=tmp_path)
@@ -101,6 +103,7 @@ def test_postgres_urls_without_a_driver_use_psycopg2(scheme, pg_url, tmp_path):
 @pytest.mark.parametrize("args", [
     ["status"], ["status", "--study", "s"], ["best", "--study", "s"], ["export", "--study", "s", "--out", "m.pt"],
     ["dashboard", "--port", "0"], ["worker", "--cpu"], ["worker", "--study", "s", "--cpu"],
+    ["extend", "--study", "s", "--n-trials", "3"], ["delete", "--study", "s", "--yes"], ["report", "--study", "s"],
 ])
 def test_commands_that_only_read_never_create_a_database_file(args, tmp_path):
     cwd = tmp_path / "empty"
@@ -113,6 +116,13 @@ def test_commands_that_only_read_never_create_a_database_file(args, tmp_path):
                     timeout=120)
     assert_one_line_error(flagged, f"no database at {elsewhere}")
     assert list(cwd.iterdir()) == [] and not elsewhere.parent.exists()
+
+
+def test_a_database_without_its_driver_is_one_line_without_the_password(tmp_path):
+    env = tuner_env("mysql://someone:hunter2@db.example/tuner", tmp_path)
+    result = tuner("launch-study", str(study_file(tmp_path, "m")), env=env, cwd=tmp_path)
+    assert_one_line_error(result, "mysql://someone:***@db.example/tuner", "driver is not installed")
+    assert "hunter2" not in result.stdout + result.stderr
 
 
 def test_a_missing_study_says_which_storage_it_looked_in(tmp_path):

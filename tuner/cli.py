@@ -224,7 +224,7 @@ def status(
 @app.command()
 def run(
     file: str = typer.Argument(..., help="Study file (TOML)."),
-    workers: int = typer.Option(2, "--workers", help="Local worker processes."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Local worker processes."),
     storage: Optional[str] = StorageOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Study name; overrides [study] name in the file."),
     cpu: bool = typer.Option(False, "--cpu", help="Workers train on the CPU."),
@@ -321,13 +321,13 @@ def export(
 @app.command()
 def extend(
     study: str = typer.Option(..., "--study", help="Study name."),
-    n_trials: int = typer.Option(..., "--n-trials", help="The new total budget of COMPLETE + PRUNED trials."),
+    n_trials: int = typer.Option(..., "--n-trials", min=1, help="The new total budget of COMPLETE + PRUNED trials."),
     storage: Optional[str] = StorageOpt,
 ) -> None:
     """Change a study's total budget; running workers pick it up before their next trial."""
     from tuner.lifecycle import extend_study
 
-    r = extend_study(_storage(storage), study, n_trials)
+    r = extend_study(_existing_storage(storage), study, n_trials)
     if r.new == r.old:
         out.print(f"study {r.name!r}: n_trials is already {r.new}")
         return
@@ -347,7 +347,7 @@ def delete(
     from tuner.lifecycle import delete_study, plan_delete
     from tuner.place import human_bytes
 
-    st = _storage(storage)
+    st = _existing_storage(storage)
     plan = plan_delete(st, study)
     if not yes:
         if not sys.stdin.isatty():
@@ -368,7 +368,7 @@ def dashboard(
     storage: Optional[str] = StorageOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. The dashboard has no login and can "
                              "delete studies: keep it on loopback unless behind an authenticating proxy."),
-    port: int = typer.Option(8080, "--port", help="Port."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free port)."),
 ) -> None:
     """Serve optuna-dashboard for the storage."""
     from tuner.dashboard import open_dashboard
@@ -393,7 +393,7 @@ def report(
     from tuner.report import build_report
 
     _setup_logging()
-    result = build_report(_storage(storage), study, Path(out_file), Path(png) if png else None)
+    result = build_report(_existing_storage(storage), study, Path(out_file), Path(png) if png else None)
     s = result.snapshot
     out.print(f"wrote {result.html}: study {study!r}, {len(s.finished)} of {s.config.study.n_trials} trials finished",
               markup=False)

@@ -33,7 +33,10 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> di
     payload = {"model": model_state, "hparams": dataclasses.asdict(hp), "config": config.to_dict(),
                "trial": trial.number, "value": trial.value, "epoch": state["epoch"],
                "num_classes": trial.user_attrs.get("num_classes"), "image_shape": trial.user_attrs.get("image_shape")}
-    save_atomic(payload, out)
+    try:
+        save_atomic(payload, out)
+    except OSError as exc:  # a folder, a missing or read-only directory: the user's path, one line
+        raise TunerError(f"cannot write {out}: {exc.strerror or exc}") from None
     return payload
 
 

@@ -158,6 +158,9 @@ def make_storage(
         raise TunerError(f"storage URL {redact(url)} is not a valid database URL") from None
     except ModuleNotFoundError as exc:
         raise TunerError(f"storage URL {redact(url)} needs the Python package {exc.name!r}") from None
+    except ImportError:  # Optuna's "Failed to import DB access module" for a driver that is not installed
+        raise TunerError(f"storage URL {redact(url)}: its database driver is not installed; tuner supports "
+                         "PostgreSQL (postgresql+psycopg2://) and SQLite (sqlite:///)") from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         raise TunerError(f"cannot reach the database at {redact(url)}: {_reason(exc, url)}") from None
 

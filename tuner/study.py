@@ -146,6 +146,10 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
         keys = [key for key, _, _ in changes]
         if keys == ["study.n_trials"]:
             now, asked = stored.study.n_trials, config.study.n_trials
+            history = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(HISTORY_ATTR, [])
+            extends = [e for e in history if e["event"] == "extend"]
+            if extends and asked == extends[0]["old"]:  # the file as launched; `tuner extend` set the budget since
+                return LaunchResult(name, created=False)
             raise TunerError(f"study {name!r} has n_trials = {now} and the file says {asked}: to change the budget "
                              f"run `tuner extend --study {name} --n-trials {asked}` (or put n_trials = {now} in "
                              "the file)") from None
