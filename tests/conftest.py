@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 import textwrap
 import time
@@ -22,11 +23,19 @@ REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-" + uuid.uuid4().hex  # a real secret: the server checks it (scram-sha-256)
 
 
+def new_pgdata() -> Path:
+    """An empty folder for a throwaway server, outside pytest's temporary tree: as root, pgserver runs PostgreSQL
+    as another user and opens the folders on the way up for it, and every new pytest session (a second suite on
+    the same machine) closes /tmp/pytest-of-USER again (mode 0700), which killed the first session's server."""
+    return Path(tempfile.mkdtemp(prefix="tuner-test-pg-"))
+
+
 def start_pgserver(pgdata: Path) -> str:
-    """Start PostgreSQL in pgdata with a `tuner` role that must log in with PASSWORD; returns an admin URL."""
+    """Start PostgreSQL in pgdata with a `tuner` role that must log in with PASSWORD; returns an admin URL.
+    The server is stopped and pgdata removed when the test session's process exits."""
     import pgserver
 
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
     hba = pgdata / "pg_hba.conf"
     # First matching line wins: the tuner role must authenticate, everyone else stays on trust.
     hba.write_text("local all tuner scram-sha-256\n" + hba.read_text())
@@ -46,7 +55,7 @@ def pg_server(tmp_path_factory) -> tuple[str, str]:
     env_url = os.environ.get("TUNER_TEST_DATABASE_URL")
     if env_url:
         return env_url, env_url
-    return admin_and_user_urls(start_pgserver(tmp_path_factory.mktemp("pg") / "data"))
+    return admin_and_user_urls(start_pgserver(new_pgdata()))
 
 
 def create_database(admin_url: str, user_url: str) -> str:

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from conftest import (PASSWORD, BudgetLockHold, admin_and_user_urls, create_database, load, start_pgserver, start_worker,
-                      study_file, tuner, tuner_env, wait_all)
+from conftest import (PASSWORD, BudgetLockHold, admin_and_user_urls, create_database, load, new_pgdata, start_pgserver,
+                      start_worker, study_file, tuner, tuner_env, wait_all)
 
 FAST_RECOVERY = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
 RECOVERY_BOUND = 1 + 3 + 1  # interval + grace + reaper period, seconds
@@ -219,9 +219,15 @@ def _assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> Non
 @pytest.fixture
 def own_postgres(tmp_path) -> tuple[Path, str, str]:
     """A PostgreSQL this test may stop and start: (pgdata, admin URI, user URL of a fresh database)."""
-    pgdata = tmp_path / "pg"
+    pgdata = new_pgdata()
     admin_uri = start_pgserver(pgdata)
-    return pgdata, admin_uri, create_database(*admin_and_user_urls(admin_uri))
+    yield pgdata, admin_uri, create_database(*admin_and_user_urls(admin_uri))
+    # A test may have restarted it behind pgserver's back (pg_ctl): stop whatever runs there now, so no
+    # server outlives the suite.
+    try:
+        pgserver._commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user="pgserver")
+    except Exception:  # already stopped (the test stopped it for good)
+        pass
 
 
 def test_workers_ride_out_a_postgresql_restart(own_postgres, tmp_path):
