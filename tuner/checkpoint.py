@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+# torch is imported where it is used: place.py imports this module, and the read-only commands (best, status,
+# report...) should not pay torch's import (~1.5 s per command, more on a busy machine).
 
 KEEP = 2  # checkpoints kept per trial: the newest, and one to fall back on if it is corrupt
 DEFAULT_ROOT = "checkpoints"  # relative to the working directory of `launch-study` (see tuner/place.py)
@@ -20,6 +21,8 @@ def save_atomic(obj: Any, path: Path) -> None:
     """torch.save via a temporary file in the same folder and a rename: readers see the old file or the new
     one, never half of one, even if the process dies mid-write."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -57,6 +60,8 @@ class CheckpointDir:
 
     def load_latest(self) -> dict[str, Any] | None:
         """The newest checkpoint that loads; a corrupt one is logged and skipped."""
+        import torch
+
         for path in self._files():
             try:
                 return torch.load(path, weights_only=True, map_location="cpu")
