@@ -23,6 +23,24 @@ REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-" + uuid.uuid4().hex  # a real secret: the server checks it (scram-sha-256)
 
 
+# The suite runs in parallel (pytest-xdist, see pyproject.toml), so its wall time is at least its longest test's:
+# these start first, spread over the parallel workers, instead of last.
+LONGEST_FIRST = (
+    "test_the_digits_demo_finds_a_good_model_and_prunes",
+    "test_a_killed_workers_trial_is_failed_while_others_are_busy_and_resumed_once",
+    "test_eight_workers_finish_exactly_the_budget_even_when_stopped_and_restarted",
+    "test_a_long_trial_under_cpu_load_is_never_falsely_failed",
+    "test_fine_tuning_a_backbone_from_a_local_weights_file_on_an_imagefolder",
+    "test_a_finished_sqlite_study_gets_its_report",
+    "test_a_retry_with_a_corrupt_newest_checkpoint_resumes_from_the_previous_and_completes",
+    "test_extending_a_finished_study_lets_three_workers_finish_exactly_the_new_total",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # a stable sort: the rest keep their order
+
+
 def new_pgdata() -> Path:
     """An empty folder for a throwaway server, outside pytest's temporary tree: as root, pgserver runs PostgreSQL
     as another user and opens the folders on the way up for it, and every new pytest session (a second suite on
