@@ -17,6 +17,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tuner.budget import budget_lock
+from tuner.study import history
 
 # user attributes that describe one run of a trial, not its params: a retry starts without them
 RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch")
@@ -127,7 +128,7 @@ def objective_failures(storage: optuna.storages.RDBStorage, study_id: int) -> in
     stale_prefix = STALE.split("{", 1)[0]
     failed = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.FAIL,))
     # Trials failed under a config that `launch-study` has since replaced do not count (tuner.study).
-    replaced = [e for e in storage.get_study_user_attrs(study_id).get("tuner_history", []) if e["event"] == "replace"]
+    replaced = history(storage, study_id, "replace")
     since = replaced[-1]["first_trial"] if replaced else 0
     reasons = [t.user_attrs.get("fail_reason", INTERRUPTED) for t in failed if t.number >= since]
     return sum(1 for r in reasons if r != INTERRUPTED and not r.startswith(stale_prefix))

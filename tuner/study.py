@@ -104,6 +104,11 @@ def append_history(storage: optuna.storages.RDBStorage, study_id: int, event: st
     storage.set_study_user_attr(study_id, HISTORY_ATTR, history + [{"at": at, "event": event, **fields}])
 
 
+def history(storage: optuna.storages.RDBStorage, study_id: int, event: str) -> list[dict[str, Any]]:
+    """The recorded changes of one kind ("extend", "replace"), oldest first."""
+    return [e for e in storage.get_study_user_attrs(study_id).get(HISTORY_ATTR, []) if e["event"] == event]
+
+
 def _replace_config(storage: optuna.storages.RDBStorage, config: StudyConfig,
                     changes: list[tuple[str, Any, Any]]) -> LaunchResult:
     """A study where no trial has finished or is running takes the new config. Queued retries and
@@ -146,8 +151,7 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
         keys = [key for key, _, _ in changes]
         if keys == ["study.n_trials"]:
             now, asked = stored.study.n_trials, config.study.n_trials
-            history = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(HISTORY_ATTR, [])
-            extends = [e for e in history if e["event"] == "extend"]
+            extends = history(storage, storage.get_study_id_from_name(name), "extend")
             if extends and asked == extends[0]["old"]:  # the file as launched; `tuner extend` set the budget since
                 return LaunchResult(name, created=False)
             raise TunerError(f"study {name!r} has n_trials = {now} and the file says {asked}: to change the budget "
