@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
