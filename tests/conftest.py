@@ -20,6 +20,10 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
+# Prepared datasets go to a throwaway cache, shared by this test process and the workers it starts (they copy
+# os.environ), never to the user's ~/.cache; each dataset is prepared once per test process.
+_DATA_CACHE = tempfile.TemporaryDirectory(prefix="tuner-test-data-")
+os.environ["TUNER_DATA_CACHE"] = _DATA_CACHE.name
 PASSWORD = "pw-" + uuid.uuid4().hex  # a real secret: the server checks it (scram-sha-256)
 
 

@@ -14,7 +14,8 @@ from sklearn.datasets import load_digits
 
 from conftest import study_file, tuner, tuner_env
 from tuner.config import TaskSection
-from tuner.data import load_data
+from tuner.data.cache import prepare
+from tuner.data.loader import open_batches
 from tuner.errors import TunerError
 from tuner.models import build_model, count_parameters
 from tuner.space import HParams
@@ -79,13 +80,14 @@ def test_a_weights_file_that_does_not_fit_is_one_clear_error(tmp_path):
 
 def test_imagefolder_splits_real_digits_and_rejects_bad_folders(tmp_path):
     root = write_digit_folder(tmp_path / "digits", per_class=10)
-    data = load_data(TaskSection(dataset="imagefolder", data_dir=str(root), image_size=32))
+    data = prepare(TaskSection(dataset="imagefolder", data_dir=str(root), image_size=32))
     assert data.image_shape == (3, 32, 32) and data.num_classes == 10
-    assert len(data.x_train) == 80 and len(data.x_val) == 20
+    # seeded and stratified: test_fraction 0.1 first, then val_fraction 0.2 of the rest
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [72, 18, 10]
     (tmp_path / "one" / "only").mkdir(parents=True)
     for bad, message in ((tmp_path / "missing", "is not a directory"), (tmp_path / "one", "at least two")):
         with pytest.raises(TunerError, match=message):
-            load_data(TaskSection(dataset="imagefolder", data_dir=str(bad)))
+            prepare(TaskSection(dataset="imagefolder", data_dir=str(bad)))
 
 
 def test_fine_tuning_a_backbone_from_a_local_weights_file_on_an_imagefolder(pg_url, tmp_path):
@@ -127,10 +129,10 @@ def test_export_writes_weights_that_reproduce_the_reported_accuracy(pg_url, tmp_
     result = tuner("export", "--study", "exp", "--out", str(out), env=env)
     assert result.returncode == 0, result.stderr
     best = json.loads(tuner("best", "--study", "exp", "--format", "json", env=env).stdout)
-    model, config, hp = load_exported(out)
-    assert hp.width == best["params"]["width"]
-    data = load_data(config.task)
-    assert evaluate(model, data.x_val, data.y_val)["val_accuracy"] == best["value"]
+    exported = load_exported(out)
+    assert exported.hparams.width == best["params"]["width"]
+    data = open_batches(exported.config.task, torch.device("cpu"))
+    assert evaluate(exported.model, data)["val_accuracy"] == best["value"]
 
 
 def test_offline_imagenet_weights_are_one_line_naming_the_file(pg_url, tmp_path):

@@ -103,6 +103,30 @@ def launch_study_cmd(
 
 
 @app.command()
+def prepare(
+    file: str = typer.Argument(..., help="Study file (TOML) whose [task] dataset to prepare."),
+) -> None:
+    """Prepare the study's dataset into the cache now (workers otherwise do it on first use, once per host)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from tuner.config import load_config
+    from tuner.data.cache import prepare as prepare_data
+
+    config = load_config(file)
+    started = time.monotonic()
+    with Progress("preparing", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("images", total=None)
+        prepared = prepare_data(config.task, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                      total=total))
+    size = sum(f.stat().st_size for f in prepared.path.iterdir())
+    counts = ", ".join(f"{split} {len(index):,}" for split, index in prepared.splits.items())
+    out.print(f"{config.task.dataset}: {len(prepared.labels):,} images ({counts}) at "
+              f"{prepared.images.shape[-1]} px, {size / 2**20:,.1f} MiB in {prepared.path} "
+              f"({time.monotonic() - started:.1f} s)", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def worker(
     study: Optional[str] = typer.Option(None, "--study", help="Study to serve. Default: every unfinished study, "
                                         "oldest first."),
@@ -166,7 +190,8 @@ def best(
     b = best_trial(_existing_storage(storage), study)
     if format == "json":
         out.print_json(json.dumps({"study": b.study, "trial": b.number, "value": b.value, "params": b.params,
-                                   "fixed": b.fixed, "param_count": b.param_count, "epochs_run": b.epochs_run}))
+                                   "fixed": b.fixed, "param_count": b.param_count, "epochs_run": b.epochs_run,
+                                   "test_accuracy": b.test_accuracy}))
         return
     _print_best(b)
 
@@ -190,6 +215,8 @@ def _print_best(b) -> None:
     for k, v in b.fixed.items():
         table.add_row(f"{k} (fixed)", str(v))
     table.add_row("param_count", f"{b.param_count:,}" if b.param_count is not None else "?")
+    table.add_row("test_accuracy", f"{b.test_accuracy:.4f}" if b.test_accuracy is not None
+                  else "not measured (tuner evaluate)")
     out.print(table)
 
 
@@ -275,7 +302,20 @@ def run(
             ui.print_tail(err, log_path)
         raise TunerError(f"workers exited with codes {codes}; see {log_path or 'their log above'}")
     out.print(f"finished in {time.monotonic() - started:.0f} s")
+    _score_best_on_test(st, study, cpu)
     _print_best(best_trial(st, study))
+
+
+def _score_best_on_test(st, study: str, cpu: bool) -> None:
+    """The best trial's held-out test score, once, at the end of `tuner run`; a study without a test split
+    (or whose best weights live on another host) says why and goes on to print the best params."""
+    from tuner.device import pick_device
+    from tuner.evaluate import score_on_test
+
+    try:
+        score_on_test(st, study, top=1, device=pick_device(None, cpu))
+    except TunerError as exc:
+        err.print(f"note: no test score: {exc}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _wait_for_workers(procs: list[subprocess.Popen], progress) -> list[int]:
@@ -301,6 +341,24 @@ def _wait_for_workers(procs: list[subprocess.Popen], progress) -> list[int]:
         for p in procs:
             p.wait()
         raise typer.Exit(130) from None
+
+
+@app.command()
+def evaluate(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    storage: Optional[str] = StorageOpt,
+    top: int = typer.Option(1, "--top", min=1, help="Score this many of the best COMPLETE trials."),
+    cpu: bool = typer.Option(False, "--cpu", help="Score on the CPU even if a GPU is present."),
+) -> None:
+    """Score the best trials' final models once on the held-out test split (stored as test_accuracy; never
+    used to select anything)."""
+    from tuner.device import pick_device
+    from tuner.evaluate import score_on_test
+
+    _setup_logging()
+    scores = score_on_test(_existing_storage(storage), study, top=top, device=pick_device(None, cpu))
+    for number, accuracy in scores:
+        out.print(f"trial {number}: test_accuracy {accuracy:.4f}", markup=False, highlight=False)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import Any
 
 from tuner.errors import TunerError
 
+AUGMENTATIONS = ("standard", "crop", "none")  # tuner/data/augment.py
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")  # torchvision's
 MODELS = ("cnn",) + BACKBONES
@@ -64,6 +65,7 @@ class TaskSection:
     epochs: int = 10
     batch_size: int = 64
     val_fraction: float = 0.2  # share of the data held out for validation (stratified, fixed seed)
+    test_fraction: float = 0.1  # share held out for the final test score, where the data has no test set of its own
     split_seed: int = 0
     weights: str = "none"  # backbones: none | imagenet | path/to/state_dict.pt
     data_dir: str = ""  # imagefolder, cifar10, cifar100
@@ -71,6 +73,8 @@ class TaskSection:
     image_size: int = 32  # px; imagefolder images are resized to it, synthetic images have it
     num_classes: int = 10  # synthetic only
     num_samples: int = 2048  # synthetic only
+    augment: str = ""  # standard (random crop + flip, on the device) | crop (no flip) | none; "": the dataset's
+    resident_memory_gb: float = 0.0  # data kept on the device up to this size, else streamed; 0: automatic
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,13 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     c.at_least(task.batch_size, 1, "task.batch_size")
     if not 0 < task.val_fraction < 1:
         raise c.fail("task.val_fraction", "must be between 0 and 1", task.val_fraction)
+    if not 0 <= task.test_fraction < 1 - task.val_fraction:
+        raise c.fail("task.test_fraction", f"must be >= 0 and < 1 - val_fraction ({1 - task.val_fraction:g})",
+                     task.test_fraction)
+    if not task.augment:  # the dataset's default, stored resolved: a mirrored digit is another digit
+        task = dataclasses.replace(task, augment="crop" if task.dataset == "digits" else "standard")
+    c.one_of(task.augment, AUGMENTATIONS, "task.augment")
+    c.at_least(task.resident_memory_gb, 0, "task.resident_memory_gb")
     _check_task(c, task)
     for key in ("heartbeat_interval", "grace_period", "reaper_period"):
         c.at_least(getattr(worker, key), 1, f"worker.{key}")

@@ -1,26 +1,33 @@
-"""Export the best trial's final weights with everything needed to rebuild and use the model."""
+"""Export the best trial's final weights with everything needed to use the model from the file alone:
+architecture params, class names and the preprocessing (sizes, normalisation)."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 from torch import nn
 
 from tuner.checkpoint import save_atomic
 from tuner.config import StudyConfig, parse_config
+from tuner.data.cache import prepare
 from tuner.errors import TunerError
 from tuner.models import build_model
 from tuner.objective import lineage_number
 from tuner.space import HParams, hparams_from_params
 from tuner.study import best_frozen_trial, checkpoint_place, load_config
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> dict[str, Any]:
-    """Write {model, hparams, config, trial, value, epoch, num_classes, image_shape} to `out` (atomically)."""
+    """Write {model, hparams, config, trial, value, epoch, num_classes, image_shape, classes, preprocessing}
+    to `out` (atomically)."""
     config = load_config(storage, name)
     trial = best_frozen_trial(storage, name)
     checkpoints = checkpoint_place(storage, name).trial(lineage_number(trial))
@@ -28,11 +35,17 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> di
     if state is None:
         raise TunerError(f"no checkpoint of trial {trial.number} under {checkpoints.path}: this host does not see "
                          "the folder its worker wrote to (set TUNER_CHECKPOINT_DIR to where it is mounted here)")
-    model_state = state["model"]
+    prepared = prepare(config.task)  # class names and normalisation, from the cache (prepared again if absent)
+    imagenet = config.task.weights != "none" and prepared.images.shape[1] == 3
+    preprocessing = {"channels": int(prepared.images.shape[1]), "stored_size": int(prepared.images.shape[-1]),
+                     "train_size": prepared.train_size,
+                     "mean": list(IMAGENET_MEAN if imagenet else prepared.mean),
+                     "std": list(IMAGENET_STD if imagenet else prepared.std)}
     hp = hparams_from_params(config.space, trial.params)
-    payload = {"model": model_state, "hparams": dataclasses.asdict(hp), "config": config.to_dict(),
+    payload = {"model": state["model"], "hparams": dataclasses.asdict(hp), "config": config.to_dict(),
                "trial": trial.number, "value": trial.value, "epoch": state["epoch"],
-               "num_classes": trial.user_attrs.get("num_classes"), "image_shape": trial.user_attrs.get("image_shape")}
+               "num_classes": trial.user_attrs.get("num_classes"), "image_shape": trial.user_attrs.get("image_shape"),
+               "classes": list(prepared.classes), "preprocessing": preprocessing}
     try:
         save_atomic(payload, out)
     except OSError as exc:  # a folder, a missing or read-only directory: the user's path, one line
@@ -40,7 +53,42 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> di
     return payload
 
 
-def load_exported(path: Path) -> tuple[nn.Module, StudyConfig, HParams]:
+@dataclass
+class Exported:
+    """An exported model, ready to use: `predict(images)` takes raw images and returns class indices."""
+
+    model: nn.Module  # in eval mode, on the CPU
+    config: StudyConfig
+    hparams: HParams
+    classes: list[str]
+    preprocessing: dict[str, Any]
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Raw images -> the normalised float batch the model was validated on (the same resize and centre
+        crop as the prepared cache, then the centre crop and normalisation of evaluation)."""
+        from PIL import Image
+
+        from tuner.data.sources import fit_image
+
+        p = self.preprocessing
+        if isinstance(images, torch.Tensor):  # uint8 (N, C, H, W), torchvision's layout
+            images = [Image.fromarray(x.permute(1, 2, 0).squeeze(-1).numpy()) for x in images]
+        elif isinstance(images, np.ndarray):  # uint8 (N, H, W) or (N, H, W, C), as PIL gives them
+            images = [Image.fromarray(x) for x in images]
+        batch = np.stack([fit_image(image, p["stored_size"], p["channels"]) for image in images])
+        offset = (p["stored_size"] - p["train_size"]) // 2
+        crop = torch.from_numpy(batch[:, :, offset:offset + p["train_size"], offset:offset + p["train_size"]])
+        mean = torch.tensor(p["mean"]).view(1, -1, 1, 1) * 255
+        std = torch.tensor(p["std"]).view(1, -1, 1, 1) * 255
+        return (crop.float() - mean) / std
+
+    @torch.no_grad()
+    def predict(self, images: Any) -> torch.Tensor:
+        """Class indices (int64) for a list of PIL images, or a uint8 array/tensor of images."""
+        return self.model(self.preprocess(images)).argmax(1)
+
+
+def load_exported(path: Path) -> Exported:
     """Rebuild the exported model (in eval mode) from a file written by export_best."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     config = parse_config(payload["config"], f"exported config in {path}")
@@ -48,4 +96,4 @@ def load_exported(path: Path) -> tuple[nn.Module, StudyConfig, HParams]:
     # The export holds every weight: build without pretrained weights, then load them all.
     model = build_model(config.task.model, "none", hp, tuple(payload["image_shape"]), payload["num_classes"])
     model.load_state_dict(payload["model"])
-    return model.eval(), config, hp
+    return Exported(model.eval(), config, hp, payload["classes"], payload["preprocessing"])

@@ -16,7 +16,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from tuner.config import StudyConfig
-from tuner.data import Data, load_data
+from tuner.data.loader import Batches, open_batches
 from tuner.errors import TrialFailed
 from tuner.models import build_model, count_parameters
 from tuner.place import study_place
@@ -49,8 +49,9 @@ Objective = Callable[[optuna.Trial, Callable[[], bool], Callable[[EpochEvent], N
 
 
 def make_objective(config: StudyConfig, device: torch.device) -> Objective:
-    """The study's objective on `device`; the dataset is loaded and moved there once, not per trial."""
-    data = load_data(config.task).to(device)
+    """The study's objective on `device`; the dataset is prepared (or found in the cache) and put there once,
+    not per trial."""
+    data = open_batches(config.task, device)
 
     def objective(trial: optuna.Trial, should_stop: Callable[[], bool],
                   on_epoch: Callable[[EpochEvent], None]) -> float:
@@ -66,7 +67,7 @@ def make_objective(config: StudyConfig, device: torch.device) -> Objective:
 def run_trial(
     trial: optuna.Trial,
     config: StudyConfig,
-    data: Data,
+    data: Batches,
     device: torch.device,
     *,
     should_stop: Callable[[], bool] = lambda: False,

@@ -37,6 +37,7 @@ class BestTrial:
     fixed: dict[str, Any]  # params the study file fixed
     param_count: int | None
     epochs_run: int | None
+    test_accuracy: float | None = None  # tuner evaluate / the end of tuner run; never used for selection
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
     best = best_frozen_trial(storage, name)
     fixed = {p.name: p.value for p in config.space if p.value is not None}
     return BestTrial(study=name, number=best.number, value=best.value, params=dict(best.params), fixed=fixed,
-                     param_count=best.user_attrs.get("param_count"), epochs_run=best.user_attrs.get("epochs_run"))
+                     param_count=best.user_attrs.get("param_count"), epochs_run=best.user_attrs.get("epochs_run"),
+                     test_accuracy=best.user_attrs.get("test_accuracy"))
 
 
 def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:

@@ -1,7 +1,8 @@
 """Plain PyTorch training: fit() knows nothing about Optuna.
 
 The objective passes an ``on_epoch_end`` callback (report / checkpoint / prune) and a ``should_stop``
-predicate (signals); resuming takes the state dict that ``snapshot()`` produced.
+predicate (signals); resuming takes the state dict that ``snapshot()`` produced. Batches come from
+tuner/data (resident or streamed, augmented on the device); fit() only asks for them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuner.data import Data
+from tuner.data.loader import Batches
 from tuner.errors import Interrupted, TrialFailed
-
-EVAL_BATCH = 1024  # images per forward pass when evaluating; no gradients, so larger is fine
-
 
 @dataclass(frozen=True)
 class FitConfig:
@@ -43,21 +41,22 @@ def _make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Validation accuracy (0..1) and mean cross-entropy loss."""
+def evaluate(model: nn.Module, data: Batches, split: str = "val") -> dict[str, float]:
+    """Accuracy (0..1) and mean cross-entropy loss on a split: val_accuracy/val_loss, or test_..."""
     model.eval()
-    correct, loss_sum = 0, 0.0
-    for i in range(0, len(x), EVAL_BATCH):
-        logits = model(x[i:i + EVAL_BATCH])
-        target = y[i:i + EVAL_BATCH]
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, target in data.evaluate(split):
+        logits = model(x)
         loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()
-    return {"val_accuracy": correct / len(x), "val_loss": loss_sum / len(x)}
+        n += len(target)
+    n = max(n, 1)
+    return {f"{split}_accuracy": correct / n, f"{split}_loss": loss_sum / n}
 
 
 def fit(
     model: nn.Module,
-    data: Data,
+    data: Batches,
     cfg: FitConfig,
     on_epoch_end: EpochCallback,
     *,
@@ -77,18 +76,17 @@ def fit(
         torch.set_rng_state(resume["torch_rng"])
         first_epoch = resume["epoch"] + 1
 
-    n = len(data.x_train)
     for epoch in range(first_epoch, cfg.epochs + 1):
         # train one epoch (the lr for it was set by the scheduler step at the end of the last one)
         model.train()
-        order = torch.randperm(n, generator=shuffle).to(data.x_train.device)
+        # one CPU generator draws the order and the augmentation: the same seed, the same batches anywhere
+        order = torch.randperm(data.num_train, generator=shuffle)
         # summed on the device and checked once per epoch: a per-step .item() would stall a GPU
-        loss_sum = torch.zeros((), device=data.x_train.device)
-        for i in range(0, n, cfg.batch_size):
+        loss_sum = torch.zeros((), device=data.device)
+        for x, y in data.train(order, cfg.batch_size, shuffle):
             if should_stop():
                 raise Interrupted(f"stopped during epoch {epoch}")
-            idx = order[i:i + cfg.batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -98,7 +96,7 @@ def fit(
         scheduler.step()
 
         # evaluate, then hand the result to the caller (report / checkpoint / prune)
-        metrics = evaluate(model, data.x_val, data.y_val)
+        metrics = evaluate(model, data)
 
         def snapshot(epoch: int = epoch) -> dict[str, Any]:
             return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

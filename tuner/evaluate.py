@@ -1,0 +1,65 @@
+"""The held-out test score: the best trials' final models, scored once on the test split.
+
+The sampler and the pruner never see it (they see val_accuracy only), and nothing selects on it: it is stored as
+the trial's `test_accuracy` user attribute for people to read (`tuner best`, the report, the dashboard, SQL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import optuna
+import sqlalchemy
+import torch
+from optuna.trial import TrialState
+
+from tuner.data.loader import open_batches
+from tuner.errors import TunerError
+from tuner.models import build_model
+from tuner.objective import lineage_number
+from tuner.space import hparams_from_params
+from tuner.study import checkpoint_place, load_config
+from tuner.train import evaluate
+
+_log = logging.getLogger(__name__)
+
+
+def _store(storage: optuna.storages.RDBStorage, trial_id: int, key: str, value: float) -> None:
+    """A user attribute on a finished trial: Optuna refuses to update those, so it is written here, the way
+    Optuna stores it (value_json), where every reader of the trial finds it."""
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DELETE FROM trial_user_attributes WHERE trial_id = :t AND key = :k"),
+                     {"t": trial_id, "k": key})
+        conn.execute(sqlalchemy.text("INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                                     "VALUES (:t, :k, :v)"), {"t": trial_id, "k": key, "v": json.dumps(value)})
+
+
+def score_on_test(storage: optuna.storages.RDBStorage, name: str, top: int = 1,
+                  device: torch.device = torch.device("cpu")) -> list[tuple[int, float]]:
+    """Score the `top` best COMPLETE trials on the test split; returns [(trial number, test_accuracy)]."""
+    config = load_config(storage, name)
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        raise TunerError(f"study {name!r} has no COMPLETE trial to score yet")
+    done.sort(key=lambda t: t.value, reverse=config.study.direction == "maximize")
+    data = open_batches(config.task, device)
+    if len(data.prepared.splits["test"]) == 0:
+        raise TunerError(f"study {name!r} has no test split: its data has no test/ folder or test set, and "
+                         "task.test_fraction is 0")
+    place = checkpoint_place(storage, name)
+    scores = []
+    for trial in done[:top]:
+        state = place.trial(lineage_number(trial)).load_latest()
+        if state is None:  # retention keeps the best keep_best trials' weights; or another host has them
+            _log.warning("trial %d: no final checkpoint under %s; not scored", trial.number, place.root)
+            continue
+        hp = hparams_from_params(config.space, trial.params)
+        # every weight is in the checkpoint: build without pretrained weights, then load them all
+        model = build_model(config.task.model, "none", hp, data.image_shape, data.num_classes)
+        model.load_state_dict(state["model"])
+        accuracy = evaluate(model.to(device), data, "test")["test_accuracy"]
+        _store(storage, trial._trial_id, "test_accuracy", accuracy)
+        scores.append((trial.number, accuracy))
+    return scores
