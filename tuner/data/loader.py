@@ -69,7 +69,8 @@ def _stream(images: np.ndarray, batches: list[np.ndarray], device: torch.device)
                     copied[slot].synchronize()
                 buffer = ring[slot][:len(idx)]
                 sorted_idx = np.sort(idx)  # read in file order, then put the rows back in batch order
-                np.take(images, sorted_idx, axis=0, out=buffer.numpy())
+                # mode="clip": the indices are valid, and numpy then writes into `out` without a temporary
+                np.take(images, sorted_idx, axis=0, out=buffer.numpy(), mode="clip")
                 buffer.copy_(buffer[torch.from_numpy(np.searchsorted(sorted_idx, idx))])
                 ahead.put((slot, buffer))
             ahead.put(None)
