@@ -223,10 +223,11 @@ def test_an_imagefolder_study_scores_its_test_split_and_its_export_predicts_raw_
             for i, image in enumerate(chunk):
                 Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((20, 20)).save(
                     root / part / str(label) / f"{i}.png")
-    space = "lr = 0.01\nwidth = 8\ndepth = 2\n"
+    space = "lr = 0.02\nwidth = 16\ndepth = 2\n"
     path = study_file(tmp_path, "folder", n_trials=2, epochs=3, space=space, pruner='type = "none"')
     path.write_text(path.read_text().replace('dataset = "digits"',
-                                             f'dataset = "imagefolder"\ndata_dir = "{root}"\nimage_size = 16'))
+                                             f'dataset = "imagefolder"\ndata_dir = "{root}"\nimage_size = 16')
+                    .replace("batch_size = 128", "batch_size = 16"))
     env = tuner_env(pg_url, tmp_path)
     run = tuner("run", str(path), "--workers", "1", "--cpu", env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -241,4 +242,6 @@ def test_an_imagefolder_study_scores_its_test_split_and_its_export_predicts_raw_
     files = sorted((root / "val").glob("*/*.png"))
     predicted = exported.predict([Image.open(f) for f in files])
     truth = torch.tensor([exported.classes.index(f.parent.name) for f in files])
-    assert (predicted == truth).float().mean().item() == pytest.approx(best["value"], abs=1e-9)
+    correct = (predicted == truth).sum().item()
+    assert correct / len(files) == pytest.approx(best["value"], abs=1e-6), (correct, len(files), best)
+    assert correct > len(files) / 10 * 2  # learned something: well above chance (10 classes)
