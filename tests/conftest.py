@@ -41,8 +41,22 @@ LONGEST_FIRST = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; deselected where there is none")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests and not _cuda_available():
+        config.hook.pytest_deselected(items=gpu_tests)
+        items[:] = [item for item in items if item not in gpu_tests]
     items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # a stable sort: the rest keep their order
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def new_pgdata() -> Path:

@@ -80,6 +80,8 @@ def test_name_flag_overrides_the_file(tmp_path):
     (("[space]", "[space]\nfreeze = \"all\""), "space.freeze", "'all'"),
     (('model = "cnn"', 'model = "cnn"\nweights = "imagenet"'), "task.weights", "'imagenet'"),
     (('dataset = "digits"', 'dataset = "imagefolder"'), "task.data_dir", "required"),
+    (('model = "cnn"', 'model = "cnn"\nprecision = "fp16"'), "task.precision", "'fp16'"),
+    (('model = "cnn"', 'model = "cnn"\ncompile = "yes"'), "task.compile", "'yes'"),
 ])
 def test_each_mistake_names_file_field_and_value(tmp_path, change, field, value):
     path = write(tmp_path, GOOD.replace(*change, 1))

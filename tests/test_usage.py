@@ -31,6 +31,7 @@ def assert_short(result, code: int) -> None:
     (["worker", "--gpu", "x"], "Invalid value for '--gpu'"),
     (["dashboard", "--port", "99999"], "Invalid value for '--port'"),
     (["extend", "--study", "s", "--n-trials", "-3"], "Invalid value for '--n-trials'"),
+    (["worker", "--study", "s", "--slots", "0"], "Invalid value for '--slots'"),
 ])
 def test_a_usage_mistake_is_clicks_short_message_and_exit_code_2(args, message, tmp_path):
     result = tuner(*args, env=tuner_env("", tmp_path), cwd=tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
+import signal
 import sys
 import time
 import warnings
@@ -133,26 +133,25 @@ def worker(
     storage: Optional[str] = StorageOpt,
     gpu: Optional[int] = typer.Option(None, "--gpu", help="Pin this GPU index (an error if it does not exist)."),
     cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even if a GPU is present."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's; "
+                                          "with --slots on the CPU: the CPUs shared between the slots)."),
+    slots: int = typer.Option(1, "--slots", min=1, help="Trial loops on this device at once: K worker processes under "
+                              "this one, which forwards signals to them and exits with their worst code."),
     db_retry_seconds: float = typer.Option(600, "--db-retry-seconds", help="Ride out a database outage this "
                                            "long (retrying with backoff) before exiting."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (tracebacks of failed trials)."),
 ) -> None:
     """Pull trials from the database and train them until the study's total budget is spent."""
     from tuner.device import pick_device
-    from tuner.objective import make_objective
     from tuner.storage import brief_storage, resolve_storage_url, shown_url
     from tuner.study import load_config
-    from tuner.worker import Worker
 
     if gpu is not None and cpu:
         raise TunerError("--gpu and --cpu exclude each other")
+    if slots < 1:
+        raise TunerError(f"--slots must be >= 1, got {slots}")
     _setup_logging(verbose)
     device = pick_device(gpu, cpu)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     url = resolve_storage_url(storage)
     # Fail fast, with one line, if the database is unreachable, if it is a SQLite file that is not there (a
     # worker serves studies launched before: a new empty file would only hide a wrong --storage or working
@@ -161,6 +160,15 @@ def worker(
         if study is not None:
             load_config(st, study)
     log = logging.getLogger("tuner")
+    if slots > 1:
+        raise typer.Exit(_run_slots(study, device, slots, threads, db_retry_seconds, verbose, url))
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from tuner.objective import make_objective
+    from tuner.worker import Worker
+
     log.info("worker on %s, storage %s", device, shown_url(url))
 
     def on_epoch(e) -> None:
@@ -204,6 +212,26 @@ def _device_args(index: int, cpu: bool) -> list[str]:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return ["--gpu", str(index % gpus)] if gpus else ["--cpu"]
+
+
+def _run_slots(study: str | None, device, slots: int, threads: int | None, db_retry_seconds: float,
+               verbose: bool, url: str) -> int:
+    """`tuner worker --slots K`: K ordinary workers on one device, this process their parent."""
+    from tuner.processes import WorkerGroup, worker_command, worst
+    from tuner.storage import shown_url
+
+    device_args = ["--cpu"] if device.type == "cpu" else ["--gpu", str(device.index or 0)]
+    if device.type == "cpu":  # the slots share the CPUs rather than each taking all of them
+        threads = threads or max(1, (os.cpu_count() or 1) // slots)
+    cmd = worker_command(study, device_args, threads=threads, db_retry_seconds=db_retry_seconds, verbose=verbose)
+    log = logging.getLogger("tuner")
+    group = WorkerGroup([cmd] * slots, url, on_signal=lambda signum: log.warning(
+        "%s received: passed on to the %d slots", signal.Signals(signum).name, slots))
+    log.info("worker on %s with %d slots (pids %s), storage %s", device, slots,
+             " ".join(str(p.pid) for p in group.procs), shown_url(url))
+    codes = group.wait()
+    log.info("slots exited with codes %s", codes)
+    return worst(codes)
 
 
 def _print_best(b) -> None:
@@ -255,6 +283,7 @@ def run(
     storage: Optional[str] = StorageOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Study name; overrides [study] name in the file."),
     cpu: bool = typer.Option(False, "--cpu", help="Workers train on the CPU."),
+    slots: int = typer.Option(1, "--slots", min=1, help="Trial loops per worker (`tuner worker --slots`)."),
 ) -> None:
     """Launch a study, run N local workers until its budget is spent, and print the best params.
 
@@ -262,12 +291,15 @@ def run(
     output."""
     from tuner import ui
     from tuner.config import load_config
+    from tuner.processes import WorkerGroup, worker_command, worst
     from tuner.progress import ProgressWatch, complete_message
     from tuner.storage import resolve_storage_url
     from tuner.study import best_trial, launch_study
 
     if workers < 1:
         raise TunerError(f"--workers must be >= 1, got {workers}")
+    if slots < 1:
+        raise TunerError(f"--slots must be >= 1, got {slots}")
     config = load_config(file, name=name)
     url = resolve_storage_url(storage)
     st = _storage(storage)
@@ -284,19 +316,19 @@ def run(
     log_path = ui.run_log_path(study) if out.is_interactive else None
     where = f"; worker log: {log_path}" if log_path else ""
     out.print(f"study {study!r}: {config.study.n_trials} trials, {workers} worker{'s' if workers != 1 else ''}{where}")
-    # The URL goes to the workers through the environment, never their argv (visible in `ps`).
-    env = {**os.environ, "TUNER_STORAGE": url}
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    cmd = [sys.executable, "-m", "tuner", "worker", "--study", study, "--threads", str(threads)]
+    threads = max(1, (os.cpu_count() or 1) // (workers * slots))
+    commands = [worker_command(study, _device_args(i, cpu) + ["--slots", str(slots)], threads=threads)
+                for i in range(workers)]
     started = time.monotonic()
     log = log_path.open("a") if log_path else None  # append: an earlier run's log may explain a retry
     try:
-        procs = [subprocess.Popen(cmd + _device_args(i, cpu), env=env, stdout=log,
-                                  stderr=subprocess.STDOUT if log else None) for i in range(workers)]
-        codes = _wait_for_workers(procs, progress if log else None)
+        group = WorkerGroup(commands, url, log=log, on_signal=_say_waiting)
+        codes = _wait_for_workers(group, progress if log else None)
     finally:
         if log:
             log.close()
+    if group.signals:  # stopped by Ctrl-C or SIGTERM: the workers failed their trials cleanly, to be retried
+        raise typer.Exit(worst(codes))
     if any(codes):
         if log_path:
             ui.print_tail(err, log_path)
@@ -318,8 +350,13 @@ def _score_best_on_test(st, study: str, cpu: bool) -> None:
         err.print(f"note: no test score: {exc}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _wait_for_workers(procs: list[subprocess.Popen], progress) -> list[int]:
-    """Wait for every worker, showing `progress` live (once a second) if given; Ctrl-C waits for them to stop."""
+def _say_waiting(signum: int) -> None:
+    err.print("waiting for the workers to stop (Ctrl-C again to exit at once)", markup=False)
+
+
+def _wait_for_workers(group, progress) -> list[int]:
+    """Wait for every worker, showing `progress` live (once a second) if given; a signal (Ctrl-C) is passed
+    on to them, and the view goes on until they have failed their trials cleanly and exited."""
     from tuner import ui
 
     last = None
@@ -332,33 +369,12 @@ def _wait_for_workers(procs: list[subprocess.Popen], progress) -> list[int]:
     def stale(note: str):  # the DB is down for a moment: keep showing what we knew
         return ui.progress_view(last, note) if last is not None else note
 
-    try:
-        if progress is not None:
-            ui.redraw(out, ui.tolerant(view, stale), 1.0, until=lambda: all(p.poll() is not None for p in procs))
-        return [p.wait() for p in procs]
-    except KeyboardInterrupt:  # the workers got the Ctrl-C too: let them fail their trials cleanly
-        err.print("waiting for the workers to stop (Ctrl-C again to exit at once)", markup=False)
-        for p in procs:
-            p.wait()
-        raise typer.Exit(130) from None
-
-
-@app.command()
-def evaluate(
-    study: str = typer.Option(..., "--study", help="Study name."),
-    storage: Optional[str] = StorageOpt,
-    top: int = typer.Option(1, "--top", min=1, help="Score this many of the best COMPLETE trials."),
-    cpu: bool = typer.Option(False, "--cpu", help="Score on the CPU even if a GPU is present."),
-) -> None:
-    """Score the best trials' final models once on the held-out test split (stored as test_accuracy; never
-    used to select anything)."""
-    from tuner.device import pick_device
-    from tuner.evaluate import score_on_test
-
-    _setup_logging()
-    scores = score_on_test(_existing_storage(storage), study, top=top, device=pick_device(None, cpu))
-    for number, accuracy in scores:
-        out.print(f"trial {number}: test_accuracy {accuracy:.4f}", markup=False, highlight=False)
+    if progress is not None:
+        try:
+            ui.redraw(out, ui.tolerant(view, stale), 1.0, until=lambda: not group.running())
+        except KeyboardInterrupt:  # the view's own Ctrl-C: the workers run in their own session, pass it on
+            group.forward(signal.SIGINT)
+    return group.wait()
 
 
 @app.command()

@@ -17,6 +17,7 @@ from typing import Any
 from tuner.errors import TunerError
 
 AUGMENTATIONS = ("standard", "crop", "none")  # tuner/data/augment.py
+PRECISIONS = ("auto", "bf16", "fp32")  # tuner/device.py: auto is bf16 on a GPU that has it, else fp32
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")  # torchvision's
 MODELS = ("cnn",) + BACKBONES
@@ -75,6 +76,8 @@ class TaskSection:
     num_samples: int = 2048  # synthetic only
     augment: str = ""  # standard (random crop + flip, on the device) | crop (no flip) | none; "": the dataset's
     resident_memory_gb: float = 0.0  # data kept on the device up to this size, else streamed; 0: automatic
+    precision: str = "auto"  # bf16 (autocast) | fp32 | auto: bf16 on a GPU that supports it, fp32 on the CPU
+    compile: bool = False  # torch.compile the model (slower first epoch, faster after; GPUs)
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,7 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
         task = dataclasses.replace(task, augment="crop" if task.dataset == "digits" else "standard")
     c.one_of(task.augment, AUGMENTATIONS, "task.augment")
     c.at_least(task.resident_memory_gb, 0, "task.resident_memory_gb")
+    c.one_of(task.precision, PRECISIONS, "task.precision")
     _check_task(c, task)
     for key in ("heartbeat_interval", "grace_period", "reaper_period"):
         c.at_least(getattr(worker, key), 1, f"worker.{key}")

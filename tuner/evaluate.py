@@ -15,6 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from tuner.data.loader import open_batches
+from tuner.device import resolve_precision
 from tuner.errors import TunerError
 from tuner.models import build_model
 from tuner.objective import lineage_number
@@ -59,7 +60,8 @@ def score_on_test(storage: optuna.storages.RDBStorage, name: str, top: int = 1,
         # every weight is in the checkpoint: build without pretrained weights, then load them all
         model = build_model(config.task.model, "none", hp, data.image_shape, data.num_classes)
         model.load_state_dict(state["model"])
-        accuracy = evaluate(model.to(device), data, "test")["test_accuracy"]
+        precision = resolve_precision(config.task.precision, device)  # as the trial was validated
+        accuracy = evaluate(model.to(device), data, "test", precision)["test_accuracy"]
         _store(storage, trial._trial_id, "test_accuracy", accuracy)
         scores.append((trial.number, accuracy))
     return scores

@@ -6,7 +6,10 @@ this one retries, report the metric every epoch, checkpoint, and let the pruner 
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from tuner.config import StudyConfig
 from tuner.data.loader import Batches, open_batches
+from tuner.device import is_out_of_memory, resolve_precision, setup_device
 from tuner.errors import TrialFailed
 from tuner.models import build_model, count_parameters
 from tuner.place import study_place
@@ -51,15 +55,24 @@ Objective = Callable[[optuna.Trial, Callable[[], bool], Callable[[EpochEvent], N
 def make_objective(config: StudyConfig, device: torch.device) -> Objective:
     """The study's objective on `device`; the dataset is prepared (or found in the cache) and put there once,
     not per trial."""
+    setup_device(device)
     data = open_batches(config.task, device)
 
     def objective(trial: optuna.Trial, should_stop: Callable[[], bool],
                   on_epoch: Callable[[EpochEvent], None]) -> float:
         try:
             return run_trial(trial, config, data, device, should_stop=should_stop, on_epoch=on_epoch)
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()  # give the memory back before the next trial
-            raise TrialFailed(f"CUDA out of memory: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            reason = f"out of memory on {device}: {str(exc).strip().splitlines()[0]}"
+        # Out of the except block the error and its traceback (which holds the trial's model, optimizer and
+        # activations) are gone: collect them and hand the memory back before the worker's next trial, so
+        # one trial too big for this GPU (or for its share of it, with --slots) fails alone.
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise TrialFailed(reason)
 
     return objective
 
@@ -80,12 +93,17 @@ def run_trial(
     retry = f" (retry of trial {lineage})" if lineage != trial.number else ""
     _log.info("trial %d started%s: %s", trial.number, retry, describe_params(trial.params))
     seed = config.study.seed + lineage  # same trial (or its retry) -> same init, same batches
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process (slot, host) ran it
     torch.manual_seed(seed)
     model = build_model(config.task.model, config.task.weights, hp, data.image_shape, data.num_classes).to(device)
+    if device.type == "cuda":  # every model here is a convnet: NHWC runs its convolutions on tensor cores
+        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision(config.task.precision, device)
     total, trainable = count_parameters(model)
     trial.set_user_attr("param_count", total)
     trial.set_user_attr("trainable_params", trainable)
     trial.set_user_attr("device", str(device))
+    trial.set_user_attr("precision", precision)
     # what `tuner export` needs to rebuild the model
     trial.set_user_attr("image_shape", list(data.image_shape))
     trial.set_user_attr("num_classes", data.num_classes)
@@ -117,7 +135,9 @@ def run_trial(
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={value:.4f}")
 
     fit_config = FitConfig(epochs=config.task.epochs, batch_size=config.task.batch_size, lr=hp.lr,
-                           weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed)
+                           weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed, precision=precision)
+    if config.task.compile:
+        model.compile()  # in place: state_dict keys (checkpoints, export) stay those of the plain model
     final = fit(model, data, fit_config, on_epoch_end, resume=resume, should_stop=should_stop)
     checkpoints.keep_only_newest()
     if resume is not None and resume["epoch"] >= config.task.epochs:

@@ -19,6 +19,7 @@ from torch import nn
 from tuner.data.loader import Batches
 from tuner.errors import Interrupted, TrialFailed
 
+
 @dataclass(frozen=True)
 class FitConfig:
     epochs: int
@@ -27,6 +28,12 @@ class FitConfig:
     weight_decay: float  # decoupled: AdamW-style, not scaled into the gradient
     optimizer: str  # adamw | sgd
     seed: int  # shuffling order (the model's init is seeded by the caller)
+    precision: str = "fp32"  # bf16: forward passes under bf16 autocast (weights and optimizer stay fp32)
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward pass's precision: bf16 autocast (no loss scaling needed, unlike fp16), or plain fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 EpochCallback = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], None]
@@ -41,15 +48,20 @@ def _make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Batches, split: str = "val") -> dict[str, float]:
+def evaluate(model: nn.Module, data: Batches, split: str = "val", precision: str = "fp32") -> dict[str, float]:
     """Accuracy (0..1) and mean cross-entropy loss on a split: val_accuracy/val_loss, or test_..."""
     model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
+    # summed on the device, read once at the end: no host synchronisation per batch
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
+    n = 0
     for x, target in data.evaluate(split):
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += (logits.argmax(1) == target).sum().item()
+        with autocast(data.device, precision):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
         n += len(target)
+    correct, loss_sum = correct.item(), loss_sum.item()
     n = max(n, 1)
     return {f"{split}_accuracy": correct / n, f"{split}_loss": loss_sum / n}
 
@@ -86,7 +98,8 @@ def fit(
         for x, y in data.train(order, cfg.batch_size, shuffle):
             if should_stop():
                 raise Interrupted(f"stopped during epoch {epoch}")
-            loss = F.cross_entropy(model(x), y)
+            with autocast(data.device, cfg.precision):
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -96,7 +109,7 @@ def fit(
         scheduler.step()
 
         # evaluate, then hand the result to the caller (report / checkpoint / prune)
-        metrics = evaluate(model, data)
+        metrics = evaluate(model, data, precision=cfg.precision)
 
         def snapshot(epoch: int = epoch) -> dict[str, Any]:
             return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
