@@ -245,3 +245,15 @@ def test_an_imagefolder_study_scores_its_test_split_and_its_export_predicts_raw_
     correct = (predicted == truth).sum().item()
     assert correct / len(files) == pytest.approx(best["value"], abs=1e-6), (correct, len(files), best)
     assert correct > len(files) / 10 * 2  # learned something: well above chance (10 classes)
+
+    # The folder changes after training: `tuner evaluate` refuses to score the trial on other data, and an export
+    # (from another directory, with the folder gone) still carries what the trial trained with.
+    Image.fromarray(np.full((20, 20), 255, np.uint8)).save(root / "train" / "3" / "white.png")
+    changed = tuner("evaluate", "--study", "folder", env=env)
+    assert changed.returncode == 1 and "the data changed since trial" in changed.stderr, changed.stderr
+    images = [Image.open(f).copy() for f in files]
+    root.rename(tmp_path / "gone")
+    again = tmp_path / "again.pt"
+    assert tuner("export", "--study", "folder", "--out", str(again), env=env, cwd=Path("/")).returncode == 0
+    assert torch.equal(load_exported(again).predict(images), predicted)
+    assert load_exported(again).predict(images[0]).tolist() == predicted[:1].tolist()  # one image

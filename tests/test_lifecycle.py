@@ -218,15 +218,17 @@ def test_a_study_with_no_finished_trial_takes_a_changed_config(pg_url, tmp_path)
                                                                         f'data_dir = "{data_dir}"'))
         return tuner("launch-study", str(path), *extra, env=env, cwd=tmp_path)
 
-    assert_one_line_error(launch_with("a"), "task.data_dir: 'a' is not a directory on this host", "--no-check")
+    # a relative data_dir is where the user launches from, stored absolute (workers may run elsewhere)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert_one_line_error(launch_with("a"), f"task.data_dir: '{a}' is not a directory on this host", "--no-check")
     assert count_studies(pg_url) == 0  # checked before anything is stored
     assert launch_with("a", "--no-check").returncode == 0
     replaced = launch_with("b", "--no-check")
     assert replaced.returncode == 0, replaced.stderr
     assert replaced.stdout.splitlines()[0] == ("replaced the config of study 'moved' (no trial had finished): "
-                                               "task.data_dir ('a' -> 'b')")
+                                               f"task.data_dir ('{a}' -> '{b}')")
     attrs = study_attrs(pg_url, "moved")
-    assert attrs["tuner_config"]["task"]["data_dir"] == "b"
+    assert attrs["tuner_config"]["task"]["data_dir"] == str(b)
     assert [e["event"] for e in attrs["tuner_history"]] == ["replace"]
     # Optuna fixes a study's direction at creation: that change is refused even here
     from tuner.study import launch_study

@@ -378,6 +378,24 @@ def _wait_for_workers(group, progress) -> list[int]:
 
 
 @app.command()
+def evaluate(
+    study: str = typer.Option(..., "--study", help="Study name."),
+    storage: Optional[str] = StorageOpt,
+    top: int = typer.Option(1, "--top", min=1, help="Score this many of the best COMPLETE trials."),
+    cpu: bool = typer.Option(False, "--cpu", help="Score on the CPU even if a GPU is present."),
+) -> None:
+    """Score the best trials' final models once on the held-out test split (stored as test_accuracy; never
+    used to select anything)."""
+    from tuner.device import pick_device
+    from tuner.evaluate import score_on_test
+
+    _setup_logging()
+    scores = score_on_test(_existing_storage(storage), study, top=top, device=pick_device(None, cpu))
+    for number, accuracy in scores:
+        out.print(f"trial {number}: test_accuracy {accuracy:.4f}", markup=False, highlight=False)
+
+
+@app.command()
 def export(
     study: str = typer.Option(..., "--study", help="Study name."),
     out_file: str = typer.Option(..., "--out", help="File to write, e.g. model.pt."),

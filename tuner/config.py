@@ -354,4 +354,13 @@ def load_config(path: str | Path, name: str | None = None) -> StudyConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TunerError(f"{source}: not valid TOML: {exc}") from None
-    return parse_config(data, source, name=name)
+    return _absolute_paths(parse_config(data, source, name=name))
+
+
+def _absolute_paths(config: StudyConfig) -> StudyConfig:
+    """A relative task.data_dir / task.weights file is where the user is now (like any command-line path),
+    stored absolute: workers, `tuner export` and `tuner evaluate` then find it from any directory."""
+    task = config.task
+    data_dir = str(Path(task.data_dir).absolute()) if task.data_dir else ""
+    weights = task.weights if task.weights in ("none", "imagenet") else str(Path(task.weights).absolute())
+    return dataclasses.replace(config, task=dataclasses.replace(task, data_dir=data_dir, weights=weights))

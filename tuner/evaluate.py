@@ -52,6 +52,11 @@ def score_on_test(storage: optuna.storages.RDBStorage, name: str, top: int = 1,
     place = checkpoint_place(storage, name)
     scores = []
     for trial in done[:top]:
+        trained_on = trial.user_attrs.get("data", {}).get("key")
+        if trained_on not in (None, data.record["key"]):
+            raise TunerError(f"study {name!r}: the data changed since trial {trial.number} trained (prepared data "
+                             f"{trained_on}, now {data.record['key']}: files of task.data_dir were added, removed "
+                             "or modified); a test score now would not measure what it trained on")
         state = place.trial(lineage_number(trial)).load_latest()
         if state is None:  # retention keeps the best keep_best trials' weights; or another host has them
             _log.warning("trial %d: no final checkpoint under %s; not scored", trial.number, place.root)

@@ -16,13 +16,12 @@ from torch import nn
 from tuner.checkpoint import save_atomic
 from tuner.config import StudyConfig, parse_config
 from tuner.data.cache import prepare
+from tuner.data.loader import data_record
 from tuner.errors import TunerError
 from tuner.models import build_model
 from tuner.objective import lineage_number
 from tuner.space import HParams, hparams_from_params
 from tuner.study import best_frozen_trial, checkpoint_place, load_config
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> dict[str, Any]:
@@ -35,17 +34,14 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> di
     if state is None:
         raise TunerError(f"no checkpoint of trial {trial.number} under {checkpoints.path}: this host does not see "
                          "the folder its worker wrote to (set TUNER_CHECKPOINT_DIR to where it is mounted here)")
-    prepared = prepare(config.task)  # class names and normalisation, from the cache (prepared again if absent)
-    imagenet = config.task.weights != "none" and prepared.images.shape[1] == 3
-    preprocessing = {"channels": int(prepared.images.shape[1]), "stored_size": int(prepared.images.shape[-1]),
-                     "train_size": prepared.train_size,
-                     "mean": list(IMAGENET_MEAN if imagenet else prepared.mean),
-                     "std": list(IMAGENET_STD if imagenet else prepared.std)}
+    # what the trial trained on, as its worker recorded it: no data needed here, and a folder changed since
+    # cannot change the export (trials from before the record: the prepared data as it is now)
+    record = trial.user_attrs.get("data") or data_record(prepare(config.task), config.task)
     hp = hparams_from_params(config.space, trial.params)
     payload = {"model": state["model"], "hparams": dataclasses.asdict(hp), "config": config.to_dict(),
                "trial": trial.number, "value": trial.value, "epoch": state["epoch"],
                "num_classes": trial.user_attrs.get("num_classes"), "image_shape": trial.user_attrs.get("image_shape"),
-               "classes": list(prepared.classes), "preprocessing": preprocessing}
+               "classes": list(record["classes"]), "preprocessing": record["preprocessing"]}
     try:
         save_atomic(payload, out)
     except OSError as exc:  # a folder, a missing or read-only directory: the user's path, one line
@@ -71,10 +67,14 @@ class Exported:
         from tuner.data.sources import fit_image
 
         p = self.preprocessing
+        if isinstance(images, Image.Image):  # one image
+            images = [images]
         if isinstance(images, torch.Tensor):  # uint8 (N, C, H, W), torchvision's layout
             images = [Image.fromarray(x.permute(1, 2, 0).squeeze(-1).numpy()) for x in images]
         elif isinstance(images, np.ndarray):  # uint8 (N, H, W) or (N, H, W, C), as PIL gives them
             images = [Image.fromarray(x) for x in images]
+        elif not all(isinstance(image, Image.Image) for image in images):
+            raise TypeError("predict() takes a PIL image, a list of PIL images, or a uint8 array/tensor of images")
         batch = np.stack([fit_image(image, p["stored_size"], p["channels"]) for image in images])
         offset = (p["stored_size"] - p["train_size"]) // 2
         crop = torch.from_numpy(batch[:, :, offset:offset + p["train_size"], offset:offset + p["train_size"]])
@@ -84,7 +84,8 @@ class Exported:
 
     @torch.no_grad()
     def predict(self, images: Any) -> torch.Tensor:
-        """Class indices (int64) for a list of PIL images, or a uint8 array/tensor of images."""
+        """Class indices (an int64 tensor, one per image; `classes[i]` names them) for a PIL image, a list of
+        them, or a uint8 array (N, H, W[, C]) / tensor (N, C, H, W) of images."""
         return self.model(self.preprocess(images)).argmax(1)
 
 

@@ -107,6 +107,7 @@ def run_trial(
     # what `tuner export` needs to rebuild the model
     trial.set_user_attr("image_shape", list(data.image_shape))
     trial.set_user_attr("num_classes", data.num_classes)
+    trial.set_user_attr("data", data.record)  # its data's key, class names, preprocessing
 
     # the study's own folder (its uuid under the root stored at launch): never another study's of the same name
     checkpoints = study_place(trial.study.user_attrs, config.study.name).trial(lineage)

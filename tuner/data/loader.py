@@ -24,6 +24,7 @@ from tuner.config import TaskSection
 from tuner.data.augment import Augment
 from tuner.data.cache import Prepared, prepare
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # pretrained backbones' statistics
 PREFETCH = 3  # batches read ahead by the streaming thread
 # Images per forward pass when evaluating (no gradients): large on a GPU for speed; on the CPU smaller, because
 # the activations of a 1024-image batch dominate a CPU worker's peak memory.
@@ -103,8 +104,10 @@ def _stream(images: np.ndarray, batches: list[np.ndarray], device: torch.device)
 class Batches:
     """The train/val/test batches of one prepared dataset on one device."""
 
-    def __init__(self, prepared: Prepared, device: torch.device, augment: Augment, resident: bool):
+    def __init__(self, prepared: Prepared, task: TaskSection, device: torch.device, augment: Augment,
+                 resident: bool):
         self.prepared, self.device, self.augment, self.resident = prepared, device, augment, resident
+        self.record = data_record(prepared, task)
         self.labels = torch.from_numpy(prepared.labels).to(device)
         self.train_index = prepared.splits["train"]
         self._on_device: dict[str, torch.Tensor] = {}
@@ -162,8 +165,17 @@ def open_batches(task: TaskSection, device: torch.device, *, resident: bool | No
         resident = need <= memory_budget(task, device)
         _log.info("data: %s, %.1f MB of train+val %s", prepared.path.name, need / 2**20,
                   "resident on " + str(device) if resident else "streamed from the memory-mapped cache")
-    imagenet = task.weights != "none" and prepared.images.shape[1] == 3
-    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if imagenet else (prepared.mean, prepared.std)
-    augment = Augment(task.augment, prepared.images.shape[-1], prepared.train_size, mean, std,
+    p = data_record(prepared, task)["preprocessing"]
+    augment = Augment(task.augment, p["stored_size"], p["train_size"], p["mean"], p["std"],
                       channels_last=device.type == "cuda")  # every model here is a convnet
-    return Batches(prepared, device, augment, resident)
+    return Batches(prepared, task, device, augment, resident)
+
+
+def data_record(prepared: Prepared, task: TaskSection) -> dict:
+    """What a trial trained on, stored with it (user attribute `data`): the prepared data's key, the class names
+    and the preprocessing. `tuner export` writes it into the file; `tuner evaluate` refuses data that changed."""
+    imagenet = task.weights != "none" and prepared.images.shape[1] == 3
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (prepared.mean, prepared.std)
+    return {"key": prepared.path.name, "classes": list(prepared.classes),
+            "preprocessing": {"channels": int(prepared.images.shape[1]), "stored_size": int(prepared.images.shape[-1]),
+                              "train_size": prepared.train_size, "mean": list(mean), "std": list(std)}}
