@@ -198,7 +198,8 @@ def best(
     b = best_trial(_existing_storage(storage), study)
     if format == "json":
         out.print_json(json.dumps({"study": b.study, "trial": b.number, "value": b.value, "params": b.params,
-                                   "fixed": b.fixed, "param_count": b.param_count, "epochs_run": b.epochs_run,
+                                   "fixed": b.fixed, "param_count": b.param_count, "nonzero_params": b.nonzero_params,
+                                   "epochs_run": b.epochs_run,
                                    "test_accuracy": b.test_accuracy}))
         return
     _print_best(b)
@@ -243,6 +244,8 @@ def _print_best(b) -> None:
     for k, v in b.fixed.items():
         table.add_row(f"{k} (fixed)", str(v))
     table.add_row("param_count", f"{b.param_count:,}" if b.param_count is not None else "?")
+    if b.nonzero_params is not None and b.nonzero_params != b.param_count:  # its weights were pruned
+        table.add_row("nonzero_params", f"{b.nonzero_params:,}")
     table.add_row("test_accuracy", f"{b.test_accuracy:.4f}" if b.test_accuracy is not None
                   else "not measured (tuner evaluate)")
     out.print(table)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import TunerError
+from tuner.plugins import is_plugin
 
 AUGMENTATIONS = ("standard", "crop", "none")  # tuner/data/augment.py
 PRECISIONS = ("auto", "bf16", "fp32")  # tuner/device.py: auto is bf16 on a GPU that has it, else fp32
@@ -36,6 +37,9 @@ SPACE_PARAMS: dict[str, tuple[type, Any]] = {
     "weight_decay": (float, 0.0),  # decoupled weight decay (AdamW / SGD), per step, independent of lr
     "optimizer": (str, "adamw"),  # adamw | sgd (momentum 0.9, nesterov)
     "freeze": (str, "none"),  # backbones: none | all | k (the last k stages train); a string or an int
+    "distill_alpha": (float, 0.0),  # weight of the teacher's softened outputs in the loss (0: no distillation)
+    "distill_temperature": (float, 4.0),  # softening of teacher and student logits for distillation
+    "prune_amount": (float, 0.0),  # share of conv/linear weights zeroed (smallest first) before the last epochs
 }
 
 
@@ -69,6 +73,7 @@ class TaskSection:
     test_fraction: float = 0.1  # share held out for the final test score, where the data has no test set of its own
     split_seed: int = 0
     weights: str = "none"  # backbones: none | imagenet | path/to/state_dict.pt
+    teacher: str = ""  # distillation: a model file `tuner export` wrote (see space.distill_alpha)
     data_dir: str = ""  # imagefolder, cifar10, cifar100
     download: bool = False  # cifar: let torchvision download it into data_dir (needs internet)
     image_size: int = 32  # px; imagefolder images are resized to it, synthetic images have it
@@ -176,11 +181,23 @@ class _Checker:
             raise self.fail(where, f"must be >= {low}", value)
 
 
-def _check_param(c: _Checker, name: str, raw: Any) -> ParamSpec:
+def _own_kind(raw: Any) -> type:
+    """The type of a parameter of the user's own model, from its values: int only if every bound is an int."""
+    values = raw.get("choices", [raw.get("low"), raw.get("high")]) if isinstance(raw, dict) else [raw]
+    values = [v for v in values if v is not None]
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return int
+    if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return float
+    return type(values[0]) if values and isinstance(values[0], (str, bool)) else float
+
+
+def _check_param(c: _Checker, name: str, raw: Any, own_model: bool = False) -> ParamSpec:
     where = f"space.{name}"
-    if name not in SPACE_PARAMS:
-        raise c.fail(where, f"is not a searchable parameter (known: {', '.join(SPACE_PARAMS)})", raw)
-    kind, _ = SPACE_PARAMS[name]
+    if name not in SPACE_PARAMS and not own_model:
+        raise c.fail(where, f"is not a searchable parameter (known: {', '.join(SPACE_PARAMS)}; a model of your "
+                     "own takes names of its own)", raw)
+    kind = SPACE_PARAMS[name][0] if name in SPACE_PARAMS else _own_kind(raw)
     if name == "freeze":
         return _check_freeze(c, raw)
     if not isinstance(raw, dict):  # a constant
@@ -244,6 +261,14 @@ def _check_param_bounds(c: _Checker, name: str, low: float, high: float) -> None
         raise c.fail(f"{where}.low", "must be >= 0", low)
     if name == "dropout" and high >= 1:
         raise c.fail(f"{where}.high", "must be < 1", high)
+    if name in ("distill_alpha", "prune_amount") and low < 0:
+        raise c.fail(f"{where}.low", "must be >= 0", low)
+    if name == "distill_alpha" and high > 1:
+        raise c.fail(f"{where}.high", "must be <= 1", high)
+    if name == "prune_amount" and high >= 1:
+        raise c.fail(f"{where}.high", "must be < 1", high)
+    if name == "distill_temperature" and low <= 0:
+        raise c.fail(f"{where}.low", "must be > 0", low)
     if name == "width" and low < 1:
         raise c.fail(f"{where}.low", "must be >= 1", low)
     if name == "depth" and low < 0:
@@ -273,6 +298,17 @@ def _check_space_fits_model(c: _Checker, task: TaskSection, space: tuple[ParamSp
     if freeze.value != "none":
         raise c.fail("space.freeze", "applies to torchvision backbones, not model cnn",
                      freeze.value if freeze.value is not None else list(freeze.choices))
+
+
+def _highest(spec: ParamSpec) -> Any:
+    return spec.value if spec.value is not None else (max(spec.choices) if spec.choices else spec.high)
+
+
+def _check_distillation(c: _Checker, task: TaskSection, space: tuple[ParamSpec, ...]) -> None:
+    alpha = next(p for p in space if p.name == "distill_alpha")
+    if _highest(alpha) > 0 and not task.teacher:
+        raise c.fail("space.distill_alpha", "needs a teacher: task.teacher = a model file `tuner export` wrote",
+                     _highest(alpha))
 
 
 def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> StudyConfig:
@@ -307,8 +343,10 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     c.one_of(pruner.type, PRUNERS, "pruner.type")
     c.at_least(pruner.n_startup_trials, 0, "pruner.n_startup_trials")
     c.at_least(pruner.n_warmup_steps, 0, "pruner.n_warmup_steps")
-    c.one_of(task.dataset, DATASETS, "task.dataset")
-    c.one_of(task.model, MODELS, "task.model")
+    if not is_plugin(task.dataset):
+        c.one_of(task.dataset, DATASETS + ("module:callable of your own",), "task.dataset")
+    if not is_plugin(task.model):
+        c.one_of(task.model, MODELS + ("module:callable of your own",), "task.model")
     c.at_least(task.epochs, 1, "task.epochs")
     c.at_least(task.batch_size, 1, "task.batch_size")
     if not 0 < task.val_fraction < 1:
@@ -331,10 +369,12 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     raw_space = data.get("space", {})
     if not isinstance(raw_space, dict):
         raise c.fail("space", "must be a table", raw_space)
-    given = {name: _check_param(c, name, raw) for name, raw in raw_space.items()}
+    given = {name: _check_param(c, name, raw, is_plugin(task.model)) for name, raw in raw_space.items()}
     # Parameters the file leaves out are fixed at their defaults, so every trial has all of them.
     space = tuple(given.get(n, ParamSpec(n, value=default)) for n, (_, default) in SPACE_PARAMS.items())
+    space += tuple(spec for name, spec in given.items() if name not in SPACE_PARAMS)  # the user's own
     _check_space_fits_model(c, task, space)
+    _check_distillation(c, task, space)
     if study.max_failures == 0:
         study = dataclasses.replace(study, max_failures=study.n_trials)
     return StudyConfig(study=study, pruner=pruner, task=task, worker=worker, space=space)
@@ -363,4 +403,6 @@ def _absolute_paths(config: StudyConfig) -> StudyConfig:
     task = config.task
     data_dir = str(Path(task.data_dir).absolute()) if task.data_dir else ""
     weights = task.weights if task.weights in ("none", "imagenet") else str(Path(task.weights).absolute())
-    return dataclasses.replace(config, task=dataclasses.replace(task, data_dir=data_dir, weights=weights))
+    teacher = str(Path(task.teacher).absolute()) if task.teacher else ""
+    return dataclasses.replace(config, task=dataclasses.replace(task, data_dir=data_dir, weights=weights,
+                                                                teacher=teacher))

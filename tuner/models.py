@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tuner.errors import TunerError
+from tuner.errors import TrialFailed, TunerError
+from tuner.plugins import is_plugin, load_plugin
 from tuner.space import HParams
 
 SMALL_IMAGE = 64  # px: at or below this, backbones get the CIFAR stem (3x3 conv, stride 1, no max-pool)
@@ -141,7 +142,17 @@ def build_model(model: str, weights: str, hp: HParams, image_shape: tuple[int, i
     """The task's model for one trial's hyperparameters."""
     if model == "cnn":
         return build_cnn(hp, image_shape, num_classes)
+    if is_plugin(model):
+        built = load_plugin(model, "model")(hp.as_mapping(), tuple(image_shape), num_classes)
+        if not isinstance(built, nn.Module):
+            raise TrialFailed(f"task.model {model!r} returned {type(built).__name__}, not a torch.nn.Module")
+        return built
     return build_backbone(model, weights, hp, image_shape, num_classes)
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Parameters that are not exactly zero: the effective size of a model whose weights were pruned."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

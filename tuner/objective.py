@@ -22,10 +22,10 @@ from tuner.config import StudyConfig
 from tuner.data.loader import Batches, open_batches
 from tuner.device import is_out_of_memory, resolve_precision, setup_device
 from tuner.errors import TrialFailed
-from tuner.models import build_model, count_parameters
+from tuner.models import build_model, count_nonzero, count_parameters
 from tuner.place import study_place
 from tuner.space import describe_params, suggest_hparams
-from tuner.train import FitConfig, fit
+from tuner.train import FitConfig, fit, prune_epoch
 
 _log = logging.getLogger(__name__)
 
@@ -57,11 +57,18 @@ def make_objective(config: StudyConfig, device: torch.device) -> Objective:
     not per trial."""
     setup_device(device)
     data = open_batches(config.task, device)
+    teacher = None
+    if config.task.teacher:
+        from tuner.teacher import load_teacher  # here: it reads exported models (tuner.export imports this module)
+
+        teacher = load_teacher(config.task.teacher, data.record["preprocessing"], device,
+                               resolve_precision(config.task.precision, device))
 
     def objective(trial: optuna.Trial, should_stop: Callable[[], bool],
                   on_epoch: Callable[[EpochEvent], None]) -> float:
         try:
-            return run_trial(trial, config, data, device, should_stop=should_stop, on_epoch=on_epoch)
+            return run_trial(trial, config, data, device, should_stop=should_stop, on_epoch=on_epoch,
+                             teacher=teacher)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -85,6 +92,7 @@ def run_trial(
     *,
     should_stop: Callable[[], bool] = lambda: False,
     on_epoch: Callable[[EpochEvent], None] = lambda event: None,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """Train one trial on data already on `device`; returns the final metric, raises TrialPruned when pruned."""
     hp = suggest_hparams(trial, config.space)
@@ -136,10 +144,15 @@ def run_trial(
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={value:.4f}")
 
     fit_config = FitConfig(epochs=config.task.epochs, batch_size=config.task.batch_size, lr=hp.lr,
-                           weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed, precision=precision)
+                           weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed, precision=precision,
+                           distill_alpha=hp.distill_alpha, distill_temperature=hp.distill_temperature,
+                           prune_amount=hp.prune_amount)
+    if hp.prune_amount > 0:
+        trial.set_user_attr("weights_pruned_at_epoch", prune_epoch(config.task.epochs))
     if config.task.compile:
         model.compile()  # in place: state_dict keys (checkpoints, export) stay those of the plain model
-    final = fit(model, data, fit_config, on_epoch_end, resume=resume, should_stop=should_stop)
+    final = fit(model, data, fit_config, on_epoch_end, resume=resume, should_stop=should_stop, teacher=teacher)
+    trial.set_user_attr("nonzero_params", count_nonzero(model))  # the effective size, after any weight pruning
     checkpoints.keep_only_newest()
     if resume is not None and resume["epoch"] >= config.task.epochs:
         return history[-1]  # the original finished training before it died; its result stands

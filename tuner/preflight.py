@@ -1,4 +1,5 @@
-"""Checks on the launching host that the data and weights a study names are there, before anything is stored.
+"""Checks on the launching host that the data, weights and plug-ins a study names are there, before anything is
+stored.
 
 Cheap looks only (folders, file names), no image is decoded. Where only the workers can see the paths
 (a cluster mount), `launch-study --no-check` skips them and the workers report a bad path instead.
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from tuner.config import TaskSection
 from tuner.errors import TunerError
+from tuner.plugins import is_plugin, load_plugin
 
 _HINT = "on this host; pass --no-check if only the workers can see it"
 
@@ -51,6 +53,11 @@ def check_task_paths(task: TaskSection) -> None:
     """One TunerError naming the field and value if the task's data or weights are not where it says."""
     if task.weights not in ("none", "imagenet") and not Path(task.weights).is_file():
         raise _fail("weights", task.weights, "is not a file")
+    if task.teacher and not Path(task.teacher).is_file():
+        raise _fail("teacher", task.teacher, "is not a file")
+    for field in ("model", "dataset"):  # imported once here, so a misspelt name is one line before any storing
+        if is_plugin(getattr(task, field)):
+            load_plugin(getattr(task, field), field)
     if task.dataset == "imagefolder":
         _check_imagefolder(task.data_dir)
     elif task.dataset in ("cifar10", "cifar100") and not task.download:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
@@ -21,10 +22,25 @@ class HParams:
     weight_decay: float
     optimizer: str
     freeze: str | int = "none"
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
+    prune_amount: float = 0.0
+    own: Mapping[str, Any] = field(default_factory=dict)  # the [space] entries of a model of the user's own
+
+    def as_mapping(self) -> dict[str, Any]:
+        """Every value by name, the user's own among them: what a plug-in model's build() receives."""
+        values = {k: v for k, v in asdict(self).items() if k != "own"}
+        return {**values, **self.own}
+
+
+def _split(values: dict[str, Any]) -> HParams:
+    own = {k: v for k, v in values.items() if k not in SPACE_PARAMS}
+    return HParams(**{k: v for k, v in values.items() if k in SPACE_PARAMS}, own=own)
 
 
 def _suggest(trial: optuna.Trial, p: ParamSpec) -> Any:
-    kind, _ = SPACE_PARAMS[p.name]
+    own_int = isinstance(p.low, int) and isinstance(p.high, int)  # the config keeps ints of the user's own as ints
+    kind = SPACE_PARAMS[p.name][0] if p.name in SPACE_PARAMS else (int if own_int else float)
     if p.choices is not None:
         return trial.suggest_categorical(p.name, list(p.choices))
     if kind is int:
@@ -34,13 +50,12 @@ def _suggest(trial: optuna.Trial, p: ParamSpec) -> Any:
 
 def suggest_hparams(trial: optuna.Trial, space: tuple[ParamSpec, ...]) -> HParams:
     """Sample every searched parameter; constants are taken as they are and not stored as params."""
-    values = {p.name: p.value if p.value is not None else _suggest(trial, p) for p in space}
-    return HParams(**values)
+    return _split({p.name: p.value if p.value is not None else _suggest(trial, p) for p in space})
 
 
 def hparams_from_params(space: tuple[ParamSpec, ...], params: dict[str, Any]) -> HParams:
     """Rebuild a finished trial's HParams from its stored params plus the study's constants."""
-    return HParams(**{p.name: p.value if p.value is not None else params[p.name] for p in space})
+    return _split({p.name: p.value if p.value is not None else params[p.name] for p in space})
 
 
 def describe_params(params: dict[str, Any]) -> str:

@@ -38,6 +38,7 @@ class BestTrial:
     param_count: int | None
     epochs_run: int | None
     test_accuracy: float | None = None  # tuner evaluate / the end of tuner run; never used for selection
+    nonzero_params: int | None = None  # parameters not zero after training (fewer than param_count if pruned)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
     fixed = {p.name: p.value for p in config.space if p.value is not None}
     return BestTrial(study=name, number=best.number, value=best.value, params=dict(best.params), fixed=fixed,
                      param_count=best.user_attrs.get("param_count"), epochs_run=best.user_attrs.get("epochs_run"),
-                     test_accuracy=best.user_attrs.get("test_accuracy"))
+                     test_accuracy=best.user_attrs.get("test_accuracy"),
+                     nonzero_params=best.user_attrs.get("nonzero_params"))
 
 
 def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import prune
 
 from tuner.data.loader import Batches
 from tuner.errors import Interrupted, TrialFailed
@@ -29,6 +30,48 @@ class FitConfig:
     optimizer: str  # adamw | sgd
     seed: int  # shuffling order (the model's init is seeded by the caller)
     precision: str = "fp32"  # bf16: forward passes under bf16 autocast (weights and optimizer stay fp32)
+    distill_alpha: float = 0.0  # with a teacher: loss = (1 - a) * cross-entropy + a * T^2 * KL(teacher || student)
+    distill_temperature: float = 4.0  # T: both sets of logits divided by it before the softmax
+    prune_amount: float = 0.0  # share of conv/linear weights zeroed at prune_epoch(), kept zero after
+
+
+def prune_epoch(epochs: int) -> int:
+    """The epoch at whose start the weights are pruned: the last quarter of the epochs (at least one)
+    fine-tunes the pruned model, so the reported accuracy is the pruned model's."""
+    return epochs - max(1, epochs // 4) + 1
+
+
+def _prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
+
+
+def prune_weights(model: nn.Module, amount: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Zero the `amount` share of smallest-magnitude conv/linear weights, globally across layers
+    (torch.nn.utils.prune), made permanent at once so the state dict keeps its keys; returns (weight, mask)
+    pairs that keep them zero while the rest fine-tune."""
+    params = _prunable(model)
+    if amount > 0:
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+        for module, name in params:
+            prune.remove(module, name)  # the same Parameter object, now holding the zeros: the optimizer keeps it
+    return _masks(model)
+
+
+def _masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A pruned model's masks, read back from its zeros (so a resumed trial needs no extra state)."""
+    return [(m.weight, m.weight != 0) for m, _ in _prunable(model)]
+
+
+def distillation_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor,
+                      alpha: float, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s mix: cross-entropy on the labels and the KL divergence to the teacher's softened
+    outputs, scaled by T^2 so its gradients keep their size whatever the temperature."""
+    hard = F.cross_entropy(logits, target)
+    student = F.log_softmax(logits.float() / temperature, 1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, 1)
+    soft = F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+    return (1 - alpha) * hard + alpha * soft
 
 
 def autocast(device: torch.device, precision: str):
@@ -74,8 +117,10 @@ def fit(
     *,
     resume: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Train for cfg.epochs (epochs are numbered from 1) and return the last epoch's metrics."""
+    """Train for cfg.epochs (epochs are numbered from 1) and return the last epoch's metrics. `teacher` (logits
+    for a batch) adds distillation; cfg.prune_amount prunes the weights at prune_epoch()."""
     optimizer = _make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -87,8 +132,13 @@ def fit(
         shuffle.set_state(resume["shuffle_rng"])
         torch.set_rng_state(resume["torch_rng"])
         first_epoch = resume["epoch"] + 1
+    pruning_at = prune_epoch(cfg.epochs) if cfg.prune_amount > 0 else None
+    masks = _masks(model) if pruning_at is not None and first_epoch > pruning_at else []
+    distilling = teacher is not None and cfg.distill_alpha > 0
 
     for epoch in range(first_epoch, cfg.epochs + 1):
+        if epoch == pruning_at:
+            masks = prune_weights(model, cfg.prune_amount)
         # train one epoch (the lr for it was set by the scheduler step at the end of the last one)
         model.train()
         # one CPU generator draws the order and the augmentation: the same seed, the same batches anywhere
@@ -99,10 +149,20 @@ def fit(
             if should_stop():
                 raise Interrupted(f"stopped during epoch {epoch}")
             with autocast(data.device, cfg.precision):
-                loss = F.cross_entropy(model(x), y)
+                logits = model(x)
+                if distilling:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                    loss = distillation_loss(logits, y, teacher_logits, cfg.distill_alpha, cfg.distill_temperature)
+                else:
+                    loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if masks:
+                with torch.no_grad():
+                    for weight, mask in masks:
+                        weight.mul_(mask)  # pruned weights stay zero while the rest fine-tune
             loss_sum += loss.detach()
         if not math.isfinite(loss_sum.item()):
             raise TrialFailed(f"training loss is {loss_sum.item()} in epoch {epoch}")

@@ -12,6 +12,7 @@ fetches them where there is internet; the official test set is the test split).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import numpy as np
 
 from tuner.config import TaskSection
 from tuner.errors import TunerError
+from tuner.plugins import is_plugin, load_plugin
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SMALL_IMAGE = 64  # px: at or below this, augmentation pads and crops; above, it takes random resized crops
@@ -217,10 +219,48 @@ NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32}  # datasets whose ima
 CIFAR_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # torchvision's base_folder
 
 
+def _own(task: TaskSection) -> Source:
+    """A dataset of the user's own: `load(task)` returns uint8 arrays (see tuner/plugins.py)."""
+    loaded = load_plugin(task.dataset, "dataset")(task)
+    where = f"task.dataset {task.dataset!r}"
+    if not isinstance(loaded, dict) or not {"images", "labels", "classes"} <= set(loaded):
+        raise TunerError(f"{where} must return a dict with images, labels and classes")
+    images, labels = np.asarray(loaded["images"]), np.asarray(loaded["labels"])
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2] != images.shape[3]:
+        raise TunerError(f"{where}: images must be uint8 (N, C, S, S), got {images.dtype} {images.shape}")
+    classes = [str(c) for c in loaded["classes"]]
+    if len(labels) != len(images) or labels.min() < 0 or labels.max() >= len(classes):
+        raise TunerError(f"{where}: labels must be one per image, in 0..{len(classes) - 1}")
+    test = None
+    if "test_images" in loaded:
+        test = (np.asarray(loaded["test_images"], dtype=np.uint8), np.asarray(loaded["test_labels"]))
+    source = _array_source(images, labels, task, classes, test)
+    if source.size != images.shape[-1]:  # large images: stored with a crop margin, like a folder's
+        from PIL import Image
+
+        array_read, channels = source.read, images.shape[1]
+        source.read = lambda i: fit_image(Image.fromarray(array_read(i).transpose(1, 2, 0).squeeze(-1)),
+                                          source.size, channels)
+    return source
+
+
+def _own_fingerprint(task: TaskSection) -> dict[str, Any]:
+    """The loader's module file (its content) and its "version"-free inputs: the task's data_dir files if set.
+    A loader whose data changes elsewhere says so by its module changing, or by a new data_dir."""
+    module = importlib.import_module(task.dataset.partition(":")[0])
+    source = Path(module.__file__).read_bytes() if getattr(module, "__file__", None) else b""
+    found = {"dataset": task.dataset, "module_sha": hashlib.sha256(source).hexdigest()[:16]}
+    if task.data_dir:
+        found["files"] = _files_fingerprint(Path(task.data_dir), "own")
+    return found
+
+
 def fingerprint(task: TaskSection) -> dict[str, Any]:
     """What the prepared cache of this task depends on, computed without decoding anything (a folder's file
     list is stat()ed), so a worker with a prepared cache opens it in milliseconds."""
-    if task.dataset == "imagefolder":
+    if is_plugin(task.dataset):
+        found = _own_fingerprint(task)
+    elif task.dataset == "imagefolder":
         found = _files_fingerprint(Path(task.data_dir), "imagefolder")
     elif task.dataset in CIFAR_FOLDER:
         found = _files_fingerprint(Path(task.data_dir) / CIFAR_FOLDER[task.dataset], task.dataset)
@@ -228,14 +268,15 @@ def fingerprint(task: TaskSection) -> dict[str, Any]:
         found = {"dataset": "synthetic", "classes": task.num_classes, "n": task.num_samples}
     else:
         found = {"dataset": task.dataset}
-    train_size = NATIVE_SIZE.get(task.dataset, task.image_size)
+    train_size = NATIVE_SIZE.get(task.dataset, task.image_size)  # a dataset of your own: task.image_size
     return {**found, "val_fraction": task.val_fraction, "test_fraction": task.test_fraction,
             "split_seed": task.split_seed, "train_size": train_size, "stored_size": stored_size(train_size)}
 
 
 def open_source(task: TaskSection) -> Source:
     """The task's dataset as a Source; raises TunerError (one line) when it is missing or unreadable."""
-    source = {"digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder,
-              "cifar10": _cifar, "cifar100": _cifar}[task.dataset](task)
+    builtin = {"digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder,
+               "cifar10": _cifar, "cifar100": _cifar}
+    source = _own(task) if is_plugin(task.dataset) else builtin[task.dataset](task)
     source.fingerprint = fingerprint(task)
     return source
