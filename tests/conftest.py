@@ -53,6 +53,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # a stable sort: the rest keep their order
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return "gpu tests: " + ("run (CUDA present)" if _cuda_available() else "deselected (no CUDA here)")
+
+
 def _cuda_available() -> bool:
     import torch
 

@@ -207,6 +207,10 @@ def test_retention_never_deletes_what_a_retry_or_export_needs():
     assert doomed_lineages(rows, keep_best=2, max_retries=2, maximize=True) == {4, 8, 10, 11, 12}
     assert doomed_lineages(rows, keep_best=3, max_retries=2, maximize=True) == {4, 8, 12}  # 10 and 11 tie 3rd
     assert doomed_lineages(rows, keep_best=2, max_retries=2, maximize=False) == {4, 8, 9, 13}
+    # interruptions do not use up retries: three FAILs of which two were signals leave one retry to come
+    interrupted = [TrialRow(20, "FAIL", None, 20, True), TrialRow(21, "FAIL", None, 20, True),
+                   TrialRow(22, "FAIL", None, 20)]
+    assert doomed_lineages(rows + interrupted, keep_best=2, max_retries=2, maximize=True) == {4, 8, 10, 11, 12}
 
 
 def test_a_study_with_no_finished_trial_takes_a_changed_config(pg_url, tmp_path):

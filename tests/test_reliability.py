@@ -432,3 +432,15 @@ def test_a_worker_exits_with_one_line_when_the_database_stays_down(own_postgres,
     assert error.startswith("error: the database at postgresql+psycopg2://tuner:***@")
     assert "was unreachable for 5 s" in error
     assert "Traceback" not in text and PASSWORD not in text
+
+
+def test_an_interruption_never_uses_up_a_retry(pg_url, tmp_path):
+    """max_retries = 0: a trial that fails is given up at once, but one stopped by a signal is still retried
+    (the signal was the user's or the scheduler's doing, not the trial's)."""
+    path = long_study(tmp_path, "noretry", n_trials=1, epochs=20, extra="max_retries = 0")
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    victim, _ = interrupt_at_epoch("noretry", env, tmp_path / "w.log", 1)
+    (retry,) = retries_of(pg_url, "noretry", victim)
+    assert retry.state == TrialState.WAITING
+    assert state_of(pg_url, "noretry", victim) == TrialState.FAIL

@@ -115,3 +115,34 @@ def test_an_out_of_memory_trial_fails_alone_and_its_slot_goes_on(pg_url, tmp_pat
     assert [t for t in complete if t.user_attrs["worker"] == slot and t.number > failed[0].number], \
         [(t.number, t.user_attrs["worker"]) for t in trials]
     assert "Traceback" not in log.read_text()
+
+
+def test_a_slot_killed_behind_the_parents_back_is_replaced_and_the_study_finishes(pg_url, tmp_path):
+    """SIGKILL to one slot (as the kernel's out-of-memory killer would): the parent starts a new one, the dead
+    slot's trial is failed by a reaper and retried, the budget is exact and the parent exits 0."""
+    fast = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
+    path = study_file(tmp_path, "oomkill", n_trials=4, epochs=6, space=STEADY_TRIAL, pruner='type = "none"',
+                      worker=fast)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    log = tmp_path / "oomkill.log"
+    proc = start_slots("oomkill", env, log)
+    try:
+        def training():
+            return [t for t in load(pg_url, "oomkill").get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.intermediate_values]
+
+        wait_for(training, 300, "a trial to train an epoch")
+        victim = psutil.Process(proc.pid).children()[0]
+        victim.send_signal(signal.SIGKILL)
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert f"worker pid {victim.pid} was killed by SIGKILL" in text
+    trials = load(pg_url, "oomkill").get_trials(deepcopy=False)
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith("no heartbeat")

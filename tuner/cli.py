@@ -96,8 +96,8 @@ def launch_study_cmd(
     # The hint names the storage: pasted on another host (or in another directory) without it, a worker
     # would open a new, empty sqlite:///tuner.db there and find no study.
     command, note = worker_command(url, result.name)
-    out.print(f"next: {command}  (one per GPU: --gpu 0, --gpu 1, ...)", markup=False, highlight=False,
-              soft_wrap=True)
+    out.print(f"next: {command}  (one per GPU: --gpu 0, --gpu 1, ...; --slots K for K trials per GPU; "
+              "--cpu without one)", markup=False, highlight=False, soft_wrap=True)
     if note:
         out.print(f"      {note}", markup=False, highlight=False, soft_wrap=True)
 
@@ -236,7 +236,10 @@ def _run_slots(study: str | None, device, slots: int, threads: int | None, db_re
 
 
 def _print_best(b) -> None:
-    table = Table(title=f"best trial of {b.study!r}: #{b.number}, value {b.value:.4f}")
+    # the title as its own line: a table title wraps at the table's width, mid-sentence
+    out.print(f"best trial of {b.study!r}: #{b.number}, value {b.value:.4f}", markup=False, highlight=False,
+              soft_wrap=True)
+    table = Table()
     table.add_column("param")
     table.add_column("value")
     for k, v in b.params.items():

@@ -4,19 +4,25 @@ Each child is an ordinary `tuner worker` (its own budget lock, heartbeat and rea
 workers of the study's one exact budget. The storage URL reaches the children through their environment, never
 their argv (which `ps` shows to everyone). The children run in their own session: a signal reaches them once,
 forwarded by the parent (SIGTERM/SIGINT as they are, SIGHUP as SIGTERM), not a second time from the terminal,
-which a worker would take for "exit at once". The parent exits with their worst code.
+which a worker would take for "exit at once". A child killed by a signal the parent did not send (the kernel's
+out-of-memory killer, a stray `kill -9`) is replaced by a new one, at most RESTARTS times per slot; its trial is
+failed and retried by the reaper like any dead worker's. The parent exits with their worst code.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
 FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM}
+RESTARTS = 3  # replacements per slot for children killed by a signal we did not send
+_log = logging.getLogger(__name__)
 
 
 def worker_command(study: str | None, device_args: Sequence[str], *, threads: int | None = None,
@@ -40,13 +46,17 @@ class WorkerGroup:
 
     def __init__(self, commands: list[list[str]], url: str, *, log: IO | None = None,
                  on_signal: Callable[[int], None] = lambda signum: None):
-        env = {**os.environ, "TUNER_STORAGE": url}
+        self.env, self.log, self.commands = {**os.environ, "TUNER_STORAGE": url}, log, commands
         self.on_signal = on_signal
         self.signals = 0
+        self.restarts = [0] * len(commands)
         # installed before the first child starts: a signal must never end this process and orphan them
         self._previous = {s: signal.signal(s, self.forward) for s in FORWARDED}
-        self.procs = [subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
-                                       start_new_session=True) for cmd in commands]
+        self.procs = [self._start(cmd) for cmd in commands]
+
+    def _start(self, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT if self.log else None,
+                                start_new_session=True)
 
     def forward(self, signum: int, frame: object = None) -> None:
         self.signals += 1
@@ -59,8 +69,21 @@ class WorkerGroup:
         return any(proc.poll() is None for proc in self.procs)
 
     def wait(self) -> list[int]:
-        """Wait for every child, forwarding the signals this process gets; returns their exit codes."""
+        """Wait for every child, forwarding the signals this process gets and replacing a child killed by a
+        signal we did not send; returns their exit codes."""
         try:
+            while True:
+                for i, proc in enumerate(self.procs):
+                    if proc.poll() is not None and proc.returncode < 0 and not self.signals \
+                            and self.restarts[i] < RESTARTS:
+                        self.restarts[i] += 1
+                        _log.warning("worker pid %d was killed by %s (not by tuner); starting a new one "
+                                     "(%d of %d); its trial is retried", proc.pid,
+                                     signal.Signals(-proc.returncode).name, self.restarts[i], RESTARTS)
+                        self.procs[i] = self._start(self.commands[i])
+                if not self.running():
+                    break
+                time.sleep(0.2)
             return [exit_code(proc.wait()) for proc in self.procs]
         finally:
             for s, handler in self._previous.items():

@@ -20,7 +20,8 @@ from tuner.budget import budget_lock
 from tuner.study import history
 
 # user attributes that describe one run of a trial, not its params: a retry starts without them
-RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch")
+RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch", "worker")
+COUNTED_FAILURES = "tuner_counted_failures"  # system attr of a retry: its lineage's failures that use up retries
 
 # fail_reason of trials that failed for the infrastructure, not the objective: they are retried and do not
 # count towards study.max_failures.
@@ -31,12 +32,22 @@ _log = logging.getLogger(__name__)
 
 
 class RetryFailedTrial(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry (a WAITING copy with the same params, at most max_retry times), minus run-only attrs."""
+    """Optuna's retry (a WAITING copy with the same params and its `failed_trial` / `retry_history` system
+    attributes), minus run-only attrs, at most max_retry times — where an interruption (a signal: the user's or
+    the scheduler's doing, not the trial's) never uses up a retry."""
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        clean = copy.deepcopy(trial)
-        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
-        super().__call__(study, clean)
+        system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+        counted = system_attrs.get(COUNTED_FAILURES, len(system_attrs["retry_history"]) - 1)
+        counted += trial.user_attrs.get("fail_reason") != INTERRUPTED
+        if self._max_retry is not None and counted > self._max_retry:
+            return
+        system_attrs[COUNTED_FAILURES] = counted
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS},
+            system_attrs=system_attrs))
 
 
 class _Ticker(threading.Thread):

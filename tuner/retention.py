@@ -3,7 +3,8 @@
 A lineage is a trial and its retries (they share the first trial's number and checkpoint folder). Its folder
 goes when its latest trial is
   PRUNED,
-  FAIL with its retries exhausted (max_retries retries made: no retry can come any more), or
+  FAIL with its retries exhausted (more than max_retries failures that count — interruptions do not, see
+  tuner/recovery.py — so no retry can come any more), or
   COMPLETE but not among the best `keep_best` values (ties with the keep_best-th value are kept, so
   whichever of them Optuna reports as best can be exported).
 A lineage with a RUNNING or WAITING trial is never touched (a running trial keeps its newest checkpoint and
@@ -26,13 +27,15 @@ import sqlalchemy
 
 from tuner.config import parse_config
 from tuner.place import remove_tree, study_place
+from tuner.recovery import INTERRUPTED
 
 _log = logging.getLogger(__name__)
 
 _SNAPSHOT = sqlalchemy.text(
-    "SELECT t.number, t.state, v.value, a.value_json FROM trials t "
+    "SELECT t.number, t.state, v.value, a.value_json, r.value_json FROM trials t "
     "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
     "LEFT JOIN trial_system_attributes a ON a.trial_id = t.trial_id AND a.key = 'failed_trial' "
+    "LEFT JOIN trial_user_attributes r ON r.trial_id = t.trial_id AND r.key = 'fail_reason' "
     "WHERE t.study_id = :sid")
 
 
@@ -42,14 +45,16 @@ class TrialRow:
     state: str  # TrialState name
     value: float | None
     lineage: int  # the first trial of its retry chain
+    interrupted: bool = False  # a FAIL by a signal: it does not use up a retry
 
 
 def _rows(storage: optuna.storages.RDBStorage, study_id: int) -> list[TrialRow]:
     with storage.engine.connect() as conn:
         rows = conn.execute(_SNAPSHOT, {"sid": study_id}).all()
     # Optuna stores the TrialState name; older SQLite files may hold the enum repr (as in tuner.budget).
-    return [TrialRow(n, str(state).split(".")[-1], value, n if original is None else int(json.loads(original)))
-            for n, state, value, original in rows]
+    return [TrialRow(n, str(state).split(".")[-1], value, n if original is None else int(json.loads(original)),
+                     reason is not None and json.loads(reason) == INTERRUPTED)
+            for n, state, value, original, reason in rows]
 
 
 def doomed_lineages(rows: list[TrialRow], *, keep_best: int, max_retries: int, maximize: bool) -> set[int]:
@@ -66,7 +71,7 @@ def doomed_lineages(rows: list[TrialRow], *, keep_best: int, max_retries: int, m
         latest = max(chain, key=lambda r: r.number)
         if latest.state == "PRUNED":
             doomed.add(lineage)
-        elif latest.state == "FAIL" and len(chain) - 1 >= max_retries:
+        elif latest.state == "FAIL" and sum(r.state == "FAIL" and not r.interrupted for r in chain) > max_retries:
             doomed.add(lineage)
         elif latest.state == "COMPLETE" and cutoff is not None and latest.value is not None:
             if (latest.value < cutoff) if maximize else (latest.value > cutoff):

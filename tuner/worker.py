@@ -7,6 +7,7 @@ retried) and exit; a second signal exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import optuna
@@ -63,6 +64,24 @@ class _Signals:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _log.warning("%s received: failing the current trial as 'interrupted' and exiting "
                      "(send it again to exit at once)", signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """For a few database writes that must not be cut in half (a FAIL and its retry): a signal that arrives
+        meanwhile takes effect right after them, even a second one, which otherwise ends the process at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        pending: list[int] = []
+        previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                    for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            for signum in pending:  # now, with the handler (or default action) that was in place
+                signal.raise_signal(signum)
 
 
 def _make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -235,8 +254,9 @@ class Worker:
         with budget_lock(self.storage, study._study_id):
             if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
                 return  # an earlier attempt of this step committed; its retry is queued already
-            frozen = study.tell(trial, state=TrialState.FAIL)
-            self.storage.get_heartbeat_stale_trial_callback()(study, frozen)
+            with self.signals.deferred():  # a FAIL without its retry would lose the trial's params for good
+                frozen = study.tell(trial, state=TrialState.FAIL)
+                self.storage.get_heartbeat_stale_trial_callback()(study, frozen)
 
     def _fail_quietly(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         """Best effort before the worker exits: do not leave the trial RUNNING until the reaper finds it."""
