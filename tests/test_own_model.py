@@ -93,6 +93,12 @@ def test_a_student_that_never_sees_a_label_learns_the_task_from_its_teacher(pg_u
     assert tuner("run", str(teacher), "--workers", "1", "--cpu", env=env, timeout=600).returncode == 0
     assert tuner("export", "--study", "teacher", "--out", str(tmp_path / "teacher.pt"), env=env).returncode == 0
     assert load(pg_url, "teacher").best_value > 0.9
+    from tuner.errors import TunerError
+    from tuner.teacher import load_teacher
+
+    with pytest.raises(TunerError, match="predicts the classes 10: 0, 1, 2, 3, 4, ..., the study's data has 3"):
+        load_teacher(str(tmp_path / "teacher.pt"), {"classes": ["a", "b", "c"], "preprocessing": {}},
+                     torch.device("cpu"), "fp32")
 
     space = "lr = 0.02\nwidth = 8\ndepth = 2\ndistill_alpha = 1.0\ndistill_temperature = 4.0\n"
     path = study_file(tmp_path, "student", n_trials=1, epochs=5, space=space, pruner='type = "none"')
@@ -109,11 +115,16 @@ def test_distillation_needs_a_teacher_and_the_knobs_have_bounds(tmp_path):
 
     for space, message in (("distill_alpha = 0.5\n", "space.distill_alpha needs a teacher"),
                            ("prune_amount = { low = 0.0, high = 1.0 }\n", "space.prune_amount.high must be < 1"),
-                           ("distill_temperature = { low = 0.0, high = 2.0 }\n", "space.distill_temperature.low")):
+                           ("distill_temperature = { low = 0.0, high = 2.0 }\n", "space.distill_temperature.low"),
+                           ("prune_amount = 1.0\n", "space.prune_amount must be < 1, got 1.0"),
+                           ("distill_alpha = 1.5\n", "space.distill_alpha must be <= 1, got 1.5"),
+                           ("distill_temperature = 0\n", "space.distill_temperature must be > 0, got 0"),
+                           ("width = 0\n", "space.width must be >= 1, got 0")):
         with pytest.raises(TunerError, match=message):
             load_config(study_file(tmp_path, "k", space="lr = 0.01\n" + space))
     with pytest.raises(TunerError, match="task.teacher"):
         from tuner.teacher import load_teacher
 
         (tmp_path / "not-a-model.pt").write_bytes(b"nope")
-        load_teacher(str(tmp_path / "not-a-model.pt"), {"channels": 1, "train_size": 8}, torch.device("cpu"), "fp32")
+        load_teacher(str(tmp_path / "not-a-model.pt"), {"classes": [], "preprocessing": {}}, torch.device("cpu"),
+                     "fp32")

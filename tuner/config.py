@@ -192,6 +192,17 @@ def _own_kind(raw: Any) -> type:
     return type(values[0]) if values and isinstance(values[0], (str, bool)) else float
 
 
+class _ConstantChecker(_Checker):
+    """For a constant: `space.x.low must be >= 0` becomes `space.x must be >= 0`."""
+
+    def __init__(self, source: str, where: str):
+        super().__init__(source)
+        self.where = where
+
+    def fail(self, where: str, message: str, value: Any) -> TunerError:
+        return super().fail(self.where, message, value)
+
+
 def _check_param(c: _Checker, name: str, raw: Any, own_model: bool = False) -> ParamSpec:
     where = f"space.{name}"
     if name not in SPACE_PARAMS and not own_model:
@@ -204,6 +215,8 @@ def _check_param(c: _Checker, name: str, raw: Any, own_model: bool = False) -> P
         value = c.typed(raw, kind, where)
         if name == "optimizer":
             c.one_of(value, OPTIMIZERS, where)
+        if kind in (int, float) and name in SPACE_PARAMS:
+            _check_param_bounds(c, name, value, value, constant=True)
         return ParamSpec(name, value=value)
     unknown = set(raw) - {"low", "high", "log", "choices"}
     if unknown:
@@ -252,9 +265,11 @@ def _check_freeze(c: _Checker, raw: Any) -> ParamSpec:
     return ParamSpec("freeze", choices=tuple(one(v, "space.freeze.choices") for v in raw["choices"]))
 
 
-def _check_param_bounds(c: _Checker, name: str, low: float, high: float) -> None:
-    """Ranges that can never train: a negative rate, dropout of 1, no conv block."""
+def _check_param_bounds(c: _Checker, name: str, low: float, high: float, constant: bool = False) -> None:
+    """Values that can never train: a negative rate, dropout of 1, no conv block, a temperature of 0."""
     where = f"space.{name}"
+    if constant:  # one value: the messages name the parameter itself, not its .low/.high
+        c = _ConstantChecker(c.source, where)
     if name in ("lr",) and low <= 0:
         raise c.fail(f"{where}.low", "must be > 0", low)
     if name in ("weight_decay", "dropout") and low < 0:

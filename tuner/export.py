@@ -72,7 +72,9 @@ class Exported:
         if isinstance(images, torch.Tensor):  # uint8 (N, C, H, W), torchvision's layout
             images = [Image.fromarray(x.permute(1, 2, 0).squeeze(-1).numpy()) for x in images]
         elif isinstance(images, np.ndarray):  # uint8 (N, H, W) or (N, H, W, C), as PIL gives them
-            images = [Image.fromarray(x) for x in images]
+            if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+                images = images.transpose(0, 2, 3, 1)  # (N, C, H, W), as a dataset loader returns them
+            images = [Image.fromarray(x.squeeze(-1) if x.ndim == 3 and x.shape[-1] == 1 else x) for x in images]
         elif not all(isinstance(image, Image.Image) for image in images):
             raise TypeError("predict() takes a PIL image, a list of PIL images, or a uint8 array/tensor of images")
         batch = np.stack([fit_image(image, p["stored_size"], p["channels"]) for image in images])

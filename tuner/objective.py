@@ -61,7 +61,7 @@ def make_objective(config: StudyConfig, device: torch.device) -> Objective:
     if config.task.teacher:
         from tuner.teacher import load_teacher  # here: it reads exported models (tuner.export imports this module)
 
-        teacher = load_teacher(config.task.teacher, data.record["preprocessing"], device,
+        teacher = load_teacher(config.task.teacher, data.record, device,
                                resolve_precision(config.task.precision, device))
 
     def objective(trial: optuna.Trial, should_stop: Callable[[], bool],

@@ -17,13 +17,21 @@ from tuner.export import load_exported
 from tuner.train import autocast
 
 
-def load_teacher(path: str, preprocessing: dict, device: torch.device, precision: str
+def load_teacher(path: str, record: dict, device: torch.device, precision: str
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Logits of the teacher at `path` for a batch normalised as `preprocessing` says (the student's data)."""
+    """Logits of the teacher at `path` for a batch of the student's data (`record`: its classes and
+    preprocessing, tuner.data.loader.data_record)."""
     try:
         exported = load_exported(Path(path))
+    except TunerError as exc:  # a valid export whose own model module cannot be imported here
+        raise TunerError(f"task.teacher: {path!r}: {exc}") from None
     except Exception as exc:  # unreadable, not a torch file, not an export: the user's path, one line
-        raise TunerError(f"task.teacher: {path!r} is not a model file `tuner export` wrote ({exc})") from None
+        raise TunerError(f"task.teacher: {path!r} is not a model file `tuner export` wrote "
+                         f"({type(exc).__name__}: {exc})") from None
+    if list(exported.classes) != list(record["classes"]):
+        raise TunerError(f"task.teacher: {path!r} predicts the classes {_short(exported.classes)}, the study's "
+                         f"data has {_short(record['classes'])}")
+    preprocessing = record["preprocessing"]
     theirs = exported.preprocessing
     for key in ("channels", "train_size"):
         if theirs[key] != preprocessing[key]:
@@ -48,3 +56,7 @@ def load_teacher(path: str, preprocessing: dict, device: torch.device, precision
             return model(x * scale + shift)
 
     return teach
+
+
+def _short(classes: list[str]) -> str:
+    return f"{len(classes)}: {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}"

@@ -221,8 +221,13 @@ CIFAR_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"
 
 def _own(task: TaskSection) -> Source:
     """A dataset of the user's own: `load(task)` returns uint8 arrays (see tuner/plugins.py)."""
-    loaded = load_plugin(task.dataset, "dataset")(task)
     where = f"task.dataset {task.dataset!r}"
+    try:
+        loaded = load_plugin(task.dataset, "dataset")(task)
+    except TunerError:
+        raise
+    except Exception as exc:  # the user's loader failed: its message, one line (tuner prepare shows it first)
+        raise TunerError(f"{where}: load(task) raised {type(exc).__name__}: {exc}") from None
     if not isinstance(loaded, dict) or not {"images", "labels", "classes"} <= set(loaded):
         raise TunerError(f"{where} must return a dict with images, labels and classes")
     images, labels = np.asarray(loaded["images"]), np.asarray(loaded["labels"])
@@ -230,7 +235,8 @@ def _own(task: TaskSection) -> Source:
         raise TunerError(f"{where}: images must be uint8 (N, C, S, S), got {images.dtype} {images.shape}")
     classes = [str(c) for c in loaded["classes"]]
     if len(labels) != len(images) or labels.min() < 0 or labels.max() >= len(classes):
-        raise TunerError(f"{where}: labels must be one per image, in 0..{len(classes) - 1}")
+        raise TunerError(f"{where}: labels must be one per image, in 0..{len(classes) - 1}; got {len(labels)} "
+                         f"labels for {len(images)} images, in {labels.min()}..{labels.max()}")
     test = None
     if "test_images" in loaded:
         test = (np.asarray(loaded["test_images"], dtype=np.uint8), np.asarray(loaded["test_labels"]))
