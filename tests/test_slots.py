@@ -37,6 +37,22 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def launch_steady(pg_url: str, tmp_path: Path, name: str, *, n_trials: int, epochs: int,
+                  worker: str = RELAXED_RECOVERY) -> tuple[dict[str, str], Path]:
+    """A study of fixed, steady trials, launched; returns (its env, a worker log path)."""
+    path = study_file(tmp_path, name, n_trials=n_trials, epochs=epochs, space=STEADY_TRIAL, pruner='type = "none"',
+                      worker=worker)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    return env, tmp_path / f"{name}.log"
+
+
+def training(pg_url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials that have reported an epoch."""
+    running = load(pg_url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [t for t in running if t.intermediate_values]
+
+
 def overlapping(trials: list[optuna.trial.FrozenTrial]) -> bool:
     """Did any two trials train at the same time?"""
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
@@ -44,11 +60,7 @@ def overlapping(trials: list[optuna.trial.FrozenTrial]) -> bool:
 
 
 def test_two_slots_train_two_trials_at_once_within_the_exact_budget(pg_url, tmp_path):
-    path = study_file(tmp_path, "slots", n_trials=6, epochs=4, space=STEADY_TRIAL, pruner='type = "none"',
-                      worker=RELAXED_RECOVERY)
-    env = tuner_env(pg_url, tmp_path)
-    assert tuner("launch-study", str(path), env=env).returncode == 0
-    log = tmp_path / "slots.log"
+    env, log = launch_steady(pg_url, tmp_path, "slots", n_trials=6, epochs=4)
     proc = start_slots("slots", env, log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
 
@@ -62,18 +74,10 @@ def test_two_slots_train_two_trials_at_once_within_the_exact_budget(pg_url, tmp_
 
 
 def test_sigterm_to_the_parent_stops_every_slot_and_leaves_no_running_trial(pg_url, tmp_path):
-    path = study_file(tmp_path, "stop", n_trials=6, epochs=30, space=STEADY_TRIAL, pruner='type = "none"',
-                      worker=RELAXED_RECOVERY)
-    env = tuner_env(pg_url, tmp_path)
-    assert tuner("launch-study", str(path), env=env).returncode == 0
-    log = tmp_path / "stop.log"
+    env, log = launch_steady(pg_url, tmp_path, "stop", n_trials=6, epochs=30)
     proc = start_slots("stop", env, log)
     try:
-        def both_training():
-            running = load(pg_url, "stop").get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            return len(running) == 2 and all(t.intermediate_values for t in running)
-
-        wait_for(both_training, 300, "two trials to train an epoch each")
+        wait_for(lambda: len(training(pg_url, "stop")) == 2, 300, "two trials to train an epoch each")
         slots = psutil.Process(proc.pid).children()
         assert len(slots) == 2
         proc.send_signal(signal.SIGTERM)
@@ -121,18 +125,10 @@ def test_a_slot_killed_behind_the_parents_back_is_replaced_and_the_study_finishe
     """SIGKILL to one slot (as the kernel's out-of-memory killer would): the parent starts a new one, the dead
     slot's trial is failed by a reaper and retried, the budget is exact and the parent exits 0."""
     fast = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
-    path = study_file(tmp_path, "oomkill", n_trials=4, epochs=6, space=STEADY_TRIAL, pruner='type = "none"',
-                      worker=fast)
-    env = tuner_env(pg_url, tmp_path)
-    assert tuner("launch-study", str(path), env=env).returncode == 0
-    log = tmp_path / "oomkill.log"
+    env, log = launch_steady(pg_url, tmp_path, "oomkill", n_trials=4, epochs=6, worker=fast)
     proc = start_slots("oomkill", env, log)
     try:
-        def training():
-            return [t for t in load(pg_url, "oomkill").get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    if t.intermediate_values]
-
-        wait_for(training, 300, "a trial to train an epoch")
+        wait_for(lambda: training(pg_url, "oomkill"), 300, "a trial to train an epoch")
         victim = psutil.Process(proc.pid).children()[0]
         victim.send_signal(signal.SIGKILL)
         code = proc.wait(timeout=600)
