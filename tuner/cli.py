@@ -30,8 +30,11 @@ StorageOpt = typer.Option(None, "--storage", help=STORAGE_HELP, show_default=Fal
 
 
 def _storage(flag: str | None, **kwargs):
+    import optuna
+
     from tuner.storage import make_storage, resolve_storage_url
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tuner says what it did ("study 'x' created") itself
     return make_storage(resolve_storage_url(flag), **kwargs)
 
 
