@@ -5,7 +5,8 @@ epoch with the data resident vs streamed.
 
 DIR is an ImageFolder tree (one folder per class), e.g. the 50,000 CIFAR-10 training images:
 `tar -xJf cifar10-train.tar.xz -C /tmp/cifar` then `--data-dir /tmp/cifar/train`. The cache goes to a fresh
-temporary folder unless --cache names one. Each figure is the median of --repeat runs (the runs in brackets). Peak memory is the process's peak RssAnon (/proc: page cache of the
+temporary folder unless --cache names one. Each figure is the median of --repeat runs (the runs in brackets).
+Peak memory is the process's peak RssAnon (/proc: page cache of the
 memory-mapped cache does not count), sampled every 5 ms while it trains, and what it was before loading data.
 """
 
@@ -18,17 +19,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from statistics import median
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def rss_anon_mib() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("RssAnon"))) / 1024
+sys.path.insert(0, str(REPO / "bench"))  # bench/memory.py
 
 
 def task_for(args, resident_gb: float):
@@ -41,6 +37,7 @@ def task_for(args, resident_gb: float):
 def child(args) -> None:
     """One worker-like process: open the prepared data, train `epochs` epochs, report peak memory."""
     import torch
+    from memory import PeakRss  # bench/memory.py
 
     from tuner.data.loader import open_batches
     from tuner.models import build_cnn
@@ -48,25 +45,16 @@ def child(args) -> None:
     from tuner.train import FitConfig, fit
 
     torch.set_num_threads(os.cpu_count() or 1)
-    start_mib = rss_anon_mib()
-    peak, done = [start_mib], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_anon_mib())
-            time.sleep(0.005)
-
-    threading.Thread(target=sample, daemon=True).start()
-    data = open_batches(task_for(args, args.resident_gb), torch.device("cpu"))
-    torch.manual_seed(0)
-    model = build_cnn(HParams(lr=0.01, width=16, depth=2, dropout=0.0, weight_decay=0.0, optimizer="adamw"),
-                      data.image_shape, data.num_classes)
-    started = time.monotonic()
-    fit(model, data, FitConfig(epochs=args.epochs, batch_size=128, lr=0.01, weight_decay=0.0, optimizer="adamw",
-                               seed=0), lambda *a: None)
-    seconds = time.monotonic() - started
-    done.set()
-    print(json.dumps({"resident": data.resident, "peak_mib": peak[0], "start_mib": start_mib,
+    with PeakRss() as peak:
+        data = open_batches(task_for(args, args.resident_gb), torch.device("cpu"))
+        torch.manual_seed(0)
+        model = build_cnn(HParams(lr=0.01, width=16, depth=2, dropout=0.0, weight_decay=0.0, optimizer="adamw"),
+                          data.image_shape, data.num_classes)
+        started = time.monotonic()
+        fit(model, data, FitConfig(epochs=args.epochs, batch_size=128, lr=0.01, weight_decay=0.0,
+                                   optimizer="adamw", seed=0), lambda *a: None)
+        seconds = time.monotonic() - started
+    print(json.dumps({"resident": data.resident, "peak_mib": peak.peak_mib, "start_mib": peak.start_mib,
                       "train_images_per_s": data.num_train * args.epochs / seconds,
                       "data_mib": (data.prepared.nbytes("train") + data.prepared.nbytes("val")) / 2**20}))
 

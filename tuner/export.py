@@ -15,6 +15,7 @@ from torch import nn
 
 from tuner.checkpoint import save_atomic
 from tuner.config import StudyConfig, parse_config
+from tuner.data.augment import Augment
 from tuner.data.cache import prepare
 from tuner.data.loader import data_record
 from tuner.errors import TunerError
@@ -78,11 +79,8 @@ class Exported:
         elif not all(isinstance(image, Image.Image) for image in images):
             raise TypeError("predict() takes a PIL image, a list of PIL images, or a uint8 array/tensor of images")
         batch = np.stack([fit_image(image, p["stored_size"], p["channels"]) for image in images])
-        offset = (p["stored_size"] - p["train_size"]) // 2
-        crop = torch.from_numpy(batch[:, :, offset:offset + p["train_size"], offset:offset + p["train_size"]])
-        mean = torch.tensor(p["mean"]).view(1, -1, 1, 1) * 255
-        std = torch.tensor(p["std"]).view(1, -1, 1, 1) * 255
-        return (crop.float() - mean) / std
+        # evaluation's own centre crop and normalisation, as the validation batches had them
+        return Augment("none", p["stored_size"], p["train_size"], p["mean"], p["std"]).eval(torch.from_numpy(batch))
 
     @torch.no_grad()
     def predict(self, images: Any) -> torch.Tensor:

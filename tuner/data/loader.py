@@ -104,10 +104,10 @@ def _stream(images: np.ndarray, batches: list[np.ndarray], device: torch.device)
 class Batches:
     """The train/val/test batches of one prepared dataset on one device."""
 
-    def __init__(self, prepared: Prepared, task: TaskSection, device: torch.device, augment: Augment,
+    def __init__(self, prepared: Prepared, record: dict, device: torch.device, augment: Augment,
                  resident: bool):
         self.prepared, self.device, self.augment, self.resident = prepared, device, augment, resident
-        self.record = data_record(prepared, task)
+        self.record = record  # data_record(): what trials trained on
         self.labels = torch.from_numpy(prepared.labels).to(device)
         self.train_index = prepared.splits["train"]
         self._on_device: dict[str, torch.Tensor] = {}
@@ -165,10 +165,11 @@ def open_batches(task: TaskSection, device: torch.device, *, resident: bool | No
         resident = need <= memory_budget(task, device)
         _log.info("data: %s, %.1f MB of train+val %s", prepared.path.name, need / 2**20,
                   "resident on " + str(device) if resident else "streamed from the memory-mapped cache")
-    p = data_record(prepared, task)["preprocessing"]
+    record = data_record(prepared, task)
+    p = record["preprocessing"]
     augment = Augment(task.augment, p["stored_size"], p["train_size"], p["mean"], p["std"],
                       channels_last=device.type == "cuda")  # every model here is a convnet
-    return Batches(prepared, task, device, augment, resident)
+    return Batches(prepared, record, device, augment, resident)
 
 
 def data_record(prepared: Prepared, task: TaskSection) -> dict:
