@@ -90,8 +90,14 @@ def test_a_missing_study_is_one_line(pg_url, tmp_path):
 def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
     url = f"postgresql+psycopg2://tuner:{PASSWORD}@127.0.0.1:9/tuner"  # port 9: nothing listens
     env = tuner_env(url, tmp_path)
-    for command in (["status"], ["worker", "--cpu"], ["launch-study", str(study_file(tmp_path, "u"))]):
+    for command in (["status"], ["launch-study", str(study_file(tmp_path, "u"))]):
         assert_one_line_error(tuner(*command, env=env), "cannot reach the database", "tuner:***@127.0.0.1:9")
+    # a worker waits for the database (it may be restarting) up to --db-retry-seconds, saying so at once
+    waited = tuner("worker", "--cpu", "--db-retry-seconds", "2", env=env)
+    assert waited.returncode == 1 and PASSWORD not in waited.stderr and "Traceback" not in waited.stderr
+    assert "retrying for up to 2 s" in waited.stderr
+    (error,) = [line for line in waited.stderr.splitlines() if line.startswith("error:")]
+    assert "tuner:***@127.0.0.1:9" in error and "was unreachable for 2 s (connect)" in error
     flag = tuner("best", "--study", "x", "--storage", url, env=tuner_env("", tmp_path))
     assert_one_line_error(flag, "cannot reach the database")
 

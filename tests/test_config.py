@@ -46,7 +46,7 @@ def test_shipped_studies_are_valid():
 
 def test_a_valid_file_fills_defaults_and_types_ints(tmp_path):
     config = load_config(write(tmp_path, GOOD))
-    assert config.pruner.type == "median"
+    assert config.pruner["type"] == "median"
     assert isinstance(config.param("depth").low, int)
     assert isinstance(config.param("dropout").low, float)
     assert config.param("optimizer").value == "adamw"  # left out -> fixed at the default
@@ -72,7 +72,8 @@ def test_name_flag_overrides_the_file(tmp_path):
     (("epochs = 2", "epochs = \"two\""), "task.epochs", "'two'"),
     (("n_trials = 4", "n_trials = 0"), "study.n_trials", "0"),
     (("depth = { low = 1, high = 4 }", "depth = { low = 1.5, high = 4 }"), "space.depth.low", "1.5"),
-    (("[space]", "[space]\nmomentum = { low = 0.1, high = 0.9 }"), "space.momentum", "0.9"),
+    (("[space]", "[space]\nbeta2 = { low = 0.1, high = 0.9 }"), "space.beta2", "0.9"),
+    (("[space]", "[space]\nmomentum = { low = 0.1, high = 1.0 }"), "space.momentum.high", "1.0"),
     (("[task]", "[tsak]"), "tsak", "dataset"),
     (("dropout = { low = 0.0, high = 0.6 }", "dropout = { low = 0.0, high = 1.0 }"), "space.dropout.high", "1.0"),
     (("depth = { low = 1, high = 4 }", "depth = { low = 0, high = 4 }"), "space.depth", "0"),

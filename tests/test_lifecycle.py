@@ -140,7 +140,7 @@ def test_extending_a_finished_study_lets_three_workers_finish_exactly_the_new_to
     assert attrs["tuner_config"]["study"]["n_trials"] == 9
     assert [(e["event"], e["old"], e["new"]) for e in attrs["tuner_history"]] == [("extend", 6, 9)]
     status = tuner("status", "--study", "ext", env=env)
-    assert re.search(r"0/9 .*\d+\.\d KiB", status.stdout), status.stdout  # budget left, checkpoint disk use
+    assert re.search(r"9/9 trials .*\d+\.\d KiB", status.stdout), status.stdout  # budget spent, checkpoint disk use
     assert_clean_logs(*logs)
 
 

@@ -149,7 +149,7 @@ def test_status_watch_refreshes_until_ctrl_c_and_exits_0(pg_url, tmp_path):
     assert "Traceback" not in stderr
     table = "".join(lines)
     assert re.search(r"watched\s*[│|]\s*2\s*[│|]\s*0\s*[│|]", table)  # study, complete, pruned
-    assert "0/2" in table  # budget left
+    assert "2/2 trials" in table  # budget spent
 
 
 def test_the_snapshot_counts_trials_and_shows_each_running_trials_epoch(pg_url, tmp_path):

@@ -15,12 +15,12 @@ def test_three_workers_finish_exactly_the_budget(pg_url, tmp_path):
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
     # Every worker takes part by construction: the budget lock is held until all three have queued for it
-    # (each worker's main loop and its reaper wait), and PostgreSQL then grants it in queue order, so each
-    # worker starts a trial before any of them can come back for a second one.
+    # (each worker's main loop, and the study's one reaper: the worker holding the reaper lease), and PostgreSQL
+    # then grants it in queue order, so each worker starts a trial before any of them can come back for a second.
     hold = BudgetLockHold(pg_url, "three")
     procs = [start_worker("three", env, tmp_path / f"w{i}.log") for i in range(3)]
     try:
-        hold.wait_for_waiters(2 * 3)
+        hold.wait_for_waiters(3 + 1)
     finally:
         hold.release()
     assert wait_all(procs, timeout=600) == [0, 0, 0], [(tmp_path / f"w{i}.log").read_text()[-2000:]

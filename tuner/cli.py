@@ -156,10 +156,11 @@ def worker(
     _setup_logging(verbose)
     device = pick_device(gpu, cpu)
     url = resolve_storage_url(storage)
-    # Fail fast, with one line, if the database is unreachable, if it is a SQLite file that is not there (a
-    # worker serves studies launched before: a new empty file would only hide a wrong --storage or working
-    # directory), or if the study does not exist.
-    with brief_storage(url, create=False) as st:
+    # One line, before any data is loaded, if it is a SQLite file that is not there (a worker serves studies
+    # launched before: a new empty file would only hide a wrong --storage or working directory), or if the study
+    # does not exist. A database that does not answer is waited for (it may be restarting) up to
+    # --db-retry-seconds, with a warning at once; a wrong password or database name fails at once.
+    with brief_storage(url, create=False, retry_seconds=db_retry_seconds) as st:
         if study is not None:
             load_config(st, study)
     log = logging.getLogger("tuner")
@@ -193,12 +194,17 @@ def best(
     storage: Optional[str] = StorageOpt,
     format: str = typer.Option("table", "--format", help="table | json"),
 ) -> None:
-    """Print the best trial: number, value, params and parameter count."""
-    from tuner.study import best_trial
+    """Print the best trial: number, value, params and parameter count (several objectives: the Pareto front)."""
+    from tuner.study import best_trial, load_config, pareto_front
 
     if format not in ("table", "json"):
         raise TunerError(f"--format must be table or json, got {format!r}")
-    b = best_trial(_existing_storage(storage), study)
+    st = _existing_storage(storage)
+    config = load_config(st, study)
+    if config.study.multi_objective:
+        _print_front(config, pareto_front(st, study), format)
+        return
+    b = best_trial(st, study)
     if format == "json":
         out.print_json(json.dumps({"study": b.study, "trial": b.number, "value": b.value, "params": b.params,
                                    "fixed": b.fixed, "param_count": b.param_count, "nonzero_params": b.nonzero_params,
@@ -236,6 +242,31 @@ def _run_slots(study: str | None, device, slots: int, threads: int | None, db_re
     codes = group.wait()
     log.info("slots exited with codes %s", codes)
     return worst(codes)
+
+
+def _print_front(config, front, format: str) -> None:
+    """A multi-objective study's best trials: the Pareto front, one row (or JSON object) per trial."""
+    if format == "json":
+        out.print_json(json.dumps([{"number": t.number, "values": list(t.values), "params": t.params}
+                                   for t in front]))
+        return
+    objectives = config.study.objectives
+    directions = ", ".join(f"{o} ({d})" for o, d in zip(objectives, config.study.directions))
+    out.print(f"Pareto front of {config.study.name!r}: {len(front)} trials no other trial beats on every "
+              f"objective; {directions}", markup=False, highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("trial")
+    for name in objectives:
+        table.add_column(name)
+    names = list(front[0].params)
+    for name in names:
+        table.add_column(name)
+    for t in front:
+        cells = [f"{v:,.0f}" if o in ("param_count",) else f"{v:.4f}" for o, v in zip(objectives, t.values)]
+        params = [f"{t.params[n]:.4g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, "-"))
+                  for n in names]
+        table.add_row(f"#{t.number}", *cells, *params)
+    out.print(table)
 
 
 def _print_best(b) -> None:
@@ -317,14 +348,16 @@ def run(
     progress = ProgressWatch(st, study)
     first = progress.snapshot()
     if first.done:
-        out.print(complete_message(study, first.finished, first.n_trials))
+        from tuner.compute import study_done
+
+        out.print(complete_message(study, study_done(st, st.get_study_id_from_name(study), config)))
         if first.best_trial is not None:
             _print_best(best_trial(st, study))
         return
     # A live view and worker log lines would overwrite each other: on a terminal the log goes to a file.
     log_path = ui.run_log_path(study) if out.is_interactive else None
     where = f"; worker log: {log_path}" if log_path else ""
-    out.print(f"study {study!r}: {config.study.n_trials} trials, {workers} worker{'s' if workers != 1 else ''}{where}")
+    out.print(f"study {study!r}: budget {first.budget}, {workers} worker{'s' if workers != 1 else ''}{where}")
     threads = max(1, (os.cpu_count() or 1) // (workers * slots))
     commands = [worker_command(study, _device_args(i, cpu) + ["--slots", str(slots)], threads=threads)
                 for i in range(workers)]
@@ -343,6 +376,11 @@ def run(
             ui.print_tail(err, log_path)
         raise TunerError(f"workers exited with codes {codes}; see {log_path or 'their log above'}")
     out.print(f"finished in {time.monotonic() - started:.0f} s")
+    if config.study.multi_objective:
+        from tuner.study import pareto_front
+
+        _print_front(config, pareto_front(st, study), "table")
+        return
     _score_best_on_test(st, study, cpu)
     _print_best(best_trial(st, study))
 
@@ -408,6 +446,8 @@ def evaluate(
 def export(
     study: str = typer.Option(..., "--study", help="Study name."),
     out_file: str = typer.Option(..., "--out", help="File to write, e.g. model.pt."),
+    trial: Optional[int] = typer.Option(None, "--trial", help="Export this COMPLETE trial instead of the best "
+                                        "(a study with several objectives: one from `tuner best`'s front)."),
     storage: Optional[str] = StorageOpt,
 ) -> None:
     """Write the best trial's final weights with its params and the study config (load with torch.load)."""
@@ -415,7 +455,7 @@ def export(
 
     from tuner.export import export_best
 
-    payload = export_best(_existing_storage(storage), study, Path(out_file))
+    payload = export_best(_existing_storage(storage), study, Path(out_file), trial)
     out.print(f"wrote {out_file}: trial #{payload['trial']}, value {payload['value']:.4f}, epoch {payload['epoch']}")
 
 
@@ -436,6 +476,20 @@ def extend(
     if r.new > r.old:
         out.print(f"workers still running take the new trials; a worker that had exited does not come back: "
                   f"tuner worker --study {r.name}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def enqueue(
+    params: list[str] = typer.Argument(..., help="The trial's params as name=value (the rest are sampled)."),
+    study: str = typer.Option(..., "--study", help="Study name."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Queue a known-good config: the next worker to ask runs it, once. It takes a slot of the trial budget."""
+    from tuner.lifecycle import enqueue_params
+
+    number = enqueue_params(_existing_storage(storage), study, params)
+    out.print(f"study {study!r}: queued trial #{number} with {' '.join(params)}", markup=False, highlight=False,
+              soft_wrap=True)
 
 
 @app.command()

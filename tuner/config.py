@@ -16,17 +16,20 @@ from typing import Any
 
 from tuner.errors import TunerError
 from tuner.plugins import is_plugin
+from tuner.search import check_sampler, pruner_options
 
 AUGMENTATIONS = ("standard", "crop", "none")  # tuner/data/augment.py
 PRECISIONS = ("auto", "bf16", "fp32")  # tuner/device.py: auto is bf16 on a GPU that has it, else fp32
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")  # torchvision's
 MODELS = ("cnn",) + BACKBONES
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "none")
 OPTIMIZERS = ("adamw", "sgd")
 # metric name -> the direction that makes sense for it
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# what a multi-objective study may also optimise: known before training, from the model alone
+SIZE_OBJECTIVES = {"param_count": "minimize"}
+DEFAULT_N_TRIALS = 20  # when the study file sets no budget at all
+DEFAULT_MAX_FAILURES = 50  # max_failures of a study with no trial budget (only max_epochs / max_gpu_hours)
 
 # The search space: parameter -> (python type, default when the study file leaves it out).
 SPACE_PARAMS: dict[str, tuple[type, Any]] = {
@@ -40,6 +43,12 @@ SPACE_PARAMS: dict[str, tuple[type, Any]] = {
     "distill_alpha": (float, 0.0),  # weight of the teacher's softened outputs in the loss (0: no distillation)
     "distill_temperature": (float, 4.0),  # softening of teacher and student logits for distillation
     "prune_amount": (float, 0.0),  # share of conv/linear weights zeroed (smallest first) before the last epochs
+    # images per step; when [space] sets it (a range or one value), lr is per 256 images: the optimizer's rate is
+    # lr * batch_size / 256, so lr and batch size are tuned independently. 0: task.batch_size, lr as given
+    "batch_size": (int, 0),
+    "label_smoothing": (float, 0.0),  # share of the target's probability spread over the other classes
+    "momentum": (float, 0.9),  # SGD's momentum (Nesterov when > 0); AdamW ignores it
+    "warmup_epochs": (int, 0),  # epochs of linear lr warm-up (from lr / (warmup_epochs + 1)) before the cosine
 }
 
 
@@ -48,19 +57,33 @@ class StudySection:
     name: str
     direction: str = "maximize"
     metric: str = "val_accuracy"
-    n_trials: int = 20  # total budget of COMPLETE + PRUNED trials, across all workers
-    sampler: str = "tpe"
-    seed: int = 0
+    # Budgets, whichever is reached first ends the study. n_trials: COMPLETE + PRUNED trials across all workers
+    # (0: no trial budget; the default is DEFAULT_N_TRIALS when no other budget is set)
+    n_trials: int = 0
+    max_epochs: int = 0  # epochs trained across all trials and workers (a retry's resumed epochs count once); 0: none
+    max_gpu_hours: float = 0.0  # hours of trial time on the workers' devices, summed; 0: none
+    sampler: str = "tpe"  # tpe | random | gp | cmaes | qmc | nsga2
+    seed: int = 0  # the same file, one worker, the same seed: the same trials (tuner.worker derives per-worker seeds)
+    max_params: int = 0  # parameter budget: bigger models are infeasible and PRUNED before training; 0: none
+    # two or more objectives instead of metric/direction, e.g. ["val_accuracy", "param_count"]
+    objectives: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()  # one per objective; default: each objective's natural direction
     max_retries: int = 2  # retries of a failed trial (same params) before it is given up
     max_failures: int = 0  # trials failed by the objective (not signals/dead workers) that stop the study; 0 = n_trials
     keep_best: int = 5  # COMPLETE trials whose final weights are kept on disk (the best ones); the rest are deleted
 
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
-@dataclass(frozen=True)
-class PrunerSection:
-    type: str = "median"
-    n_startup_trials: int = 5
-    n_warmup_steps: int = 2  # epochs before a trial can be pruned
+    @property
+    def all_directions(self) -> tuple[str, ...]:
+        return self.directions if self.multi_objective else (self.direction,)
+
+    @property
+    def compute_budget(self) -> bool:
+        """Whether trials must claim each epoch under the budget lock (tuner.compute)."""
+        return bool(self.max_epochs or self.max_gpu_hours)
 
 
 @dataclass(frozen=True)
@@ -107,18 +130,28 @@ class ParamSpec:
 @dataclass(frozen=True)
 class StudyConfig:
     study: StudySection
-    pruner: PrunerSection = field(default_factory=PrunerSection)
+    # `type` plus the Optuna pruner's keyword arguments, defaults filled in (tuner.search); a multi-objective
+    # study has {"type": "none"}
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
     task: TaskSection = field(default_factory=TaskSection)
     worker: WorkerSection = field(default_factory=WorkerSection)
     space: tuple[ParamSpec, ...] = ()
+    enqueue: tuple[dict[str, Any], ...] = ()  # [[enqueue]]: params of trials to run first, once each
 
     def to_dict(self) -> dict[str, Any]:
         """The config as the study file would write it (what is stored in the database)."""
-        out: dict[str, Any] = {
-            key: dataclasses.asdict(getattr(self, key)) for key in ("study", "pruner", "task", "worker")
-        }
+        out: dict[str, Any] = {key: dataclasses.asdict(getattr(self, key)) for key in ("study", "task", "worker")}
+        for key in ("objectives", "directions"):  # TOML and JSON have lists, not tuples
+            out["study"][key] = list(out["study"][key])
+        out["pruner"] = dict(self.pruner)
         out["space"] = {p.name: _param_to_dict(p) for p in self.space}
+        if self.enqueue:
+            out["enqueue"] = [dict(e) for e in self.enqueue]
         return out
+
+    def searched(self) -> dict[str, ParamSpec]:
+        """The parameters the sampler chooses (not fixed to one value), by name."""
+        return {p.name: p for p in self.space if p.value is None}
 
     def param(self, name: str) -> ParamSpec:
         return next(p for p in self.space if p.name == name)
@@ -170,6 +203,10 @@ class _Checker:
             raise self.fail(where, "must be a string", value)
         if kind is bool and not isinstance(value, bool):
             raise self.fail(where, "must be true or false", value)
+        if kind is tuple:  # a list of names
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.fail(where, "must be a list of strings", value)
+            return tuple(value)
         return float(value) if kind is float else value
 
     def one_of(self, value: Any, allowed: tuple[str, ...], where: str) -> None:
@@ -288,6 +325,12 @@ def _check_param_bounds(c: _Checker, name: str, low: float, high: float, constan
         raise c.fail(f"{where}.low", "must be >= 1", low)
     if name == "depth" and low < 0:
         raise c.fail(f"{where}.low", "must be >= 0", low)
+    if name == "batch_size" and low < 1 and not (constant and low == 0):  # 0: not searched (task.batch_size)
+        raise c.fail(f"{where}.low", "must be >= 1", low)
+    if name in ("label_smoothing", "momentum", "warmup_epochs") and low < 0:
+        raise c.fail(f"{where}.low", "must be >= 0", low)
+    if name in ("label_smoothing", "momentum") and high >= 1:
+        raise c.fail(f"{where}.high", "must be < 1", high)
 
 
 def _check_task(c: _Checker, task: TaskSection) -> None:
@@ -326,10 +369,113 @@ def _check_distillation(c: _Checker, task: TaskSection, space: tuple[ParamSpec, 
                      _highest(alpha))
 
 
+def _check_objectives(c: _Checker, study: StudySection, given: dict[str, Any]) -> StudySection:
+    """metric/direction for one objective, or objectives/directions for several (a Pareto front)."""
+    if not study.objectives:
+        if study.directions:
+            raise c.fail("study.directions", "needs study.objectives (for one objective: direction)", study.directions)
+        c.one_of(study.direction, ("maximize", "minimize"), "study.direction")
+        c.one_of(study.metric, tuple(METRICS), "study.metric")
+        if METRICS[study.metric] != study.direction:
+            raise c.fail("study.direction", f"must be {METRICS[study.metric]} for metric {study.metric}",
+                         study.direction)
+        return study
+    natural = {**METRICS, **SIZE_OBJECTIVES}
+    if len(study.objectives) < 2:
+        raise c.fail("study.objectives", "needs two or more (for one objective: metric = ...)", list(study.objectives))
+    for i, objective in enumerate(study.objectives):
+        c.one_of(objective, tuple(natural), f"study.objectives[{i}]")
+    if len(set(study.objectives)) != len(study.objectives):
+        raise c.fail("study.objectives", "must not repeat a name", list(study.objectives))
+    metrics = [o for o in study.objectives if o in METRICS]
+    if not metrics:
+        raise c.fail("study.objectives", f"needs a training metric among them ({', '.join(METRICS)})",
+                     list(study.objectives))
+    directions = study.directions or tuple(natural[o] for o in study.objectives)
+    if len(directions) != len(study.objectives):
+        raise c.fail("study.directions", f"needs one direction per objective ({len(study.objectives)})",
+                     list(directions))
+    for objective, direction in zip(study.objectives, directions):
+        if direction != natural[objective]:
+            raise c.fail("study.directions", f"must be {natural[objective]} for objective {objective}",
+                         list(directions))
+    # metric/direction go with one objective; here they are the first training metric's (reported each epoch),
+    # which is what a stored config holds
+    resolved = {"metric": metrics[0], "direction": METRICS[metrics[0]]}
+    for key, value in resolved.items():
+        if key in given and given[key] != value:
+            raise c.fail(f"study.{key}", f"goes with one objective; with study.objectives it is {value!r} (the "
+                         "first training metric among them, the one reported each epoch)", given[key])
+    return dataclasses.replace(study, directions=directions, **resolved)
+
+
+def _check_budgets(c: _Checker, study: StudySection, given: dict[str, Any]) -> StudySection:
+    # 0 is "no such budget" (what a stored config holds for the budgets the file did not set)
+    for key in ("n_trials", "max_epochs", "max_params", "max_gpu_hours"):
+        c.at_least(getattr(study, key), 0, f"study.{key}")
+    if not (study.n_trials or study.compute_budget):
+        if "n_trials" in given:
+            raise c.fail("study.n_trials", "must be >= 1 (or set study.max_epochs / study.max_gpu_hours)", 0)
+        study = dataclasses.replace(study, n_trials=DEFAULT_N_TRIALS)
+    if study.max_failures == 0:
+        study = dataclasses.replace(study, max_failures=study.n_trials or DEFAULT_MAX_FAILURES)
+    return study
+
+
+def _check_pruner(c: _Checker, data: dict[str, Any], study: StudySection, task: TaskSection) -> dict[str, Any]:
+    raw = data.get("pruner", {})
+    if not isinstance(raw, dict):
+        raise c.fail("pruner", "must be a table", raw)
+    if study.multi_objective:
+        if raw.get("type", "none") != "none":  # what is stored for such a study is {type = "none"}
+            raise c.fail("pruner", "cannot be used with several objectives (Optuna prunes single-objective "
+                         "trials only): remove the [pruner] section", raw)
+        return {"type": "none"}
+    return pruner_options(raw, task.epochs, c.fail)
+
+
+def _check_enqueue(c: _Checker, data: dict[str, Any], config: StudyConfig) -> tuple[dict[str, Any], ...]:
+    """[[enqueue]] tables: known-good params to run first. Each key a searched parameter, each value in its range."""
+    raw = data.get("enqueue", [])
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise c.fail("enqueue", "must be [[enqueue]] tables of parameter = value", raw)
+    if config.study.n_trials and len(raw) > config.study.n_trials:
+        raise c.fail("enqueue", f"has more trials than study.n_trials ({config.study.n_trials})", len(raw))
+    return tuple(check_enqueued(c.source, entry, config, f"enqueue[{i}]") for i, entry in enumerate(raw))
+
+
+def check_enqueued(source: str, params: dict[str, Any], config: StudyConfig, where: str) -> dict[str, Any]:
+    """One trial's given params (the rest are sampled), each checked against its [space] entry; errors start
+    with `source` (the study file, or the command)."""
+    c = _Checker(source)
+    searched = config.searched()
+    if not params:
+        raise c.fail(where, "names no parameter", params)
+    out = {}
+    for name, value in params.items():
+        at = f"{where}.{name}" if where else name
+        if name not in searched:
+            fixed = next((p for p in config.space if p.name == name), None)
+            why = (f"is fixed to {fixed.value!r} by the study file" if fixed is not None
+                   else f"is not a searched parameter (searched: {', '.join(searched) or 'none'})")
+            raise c.fail(at, why, value)
+        spec = searched[name]
+        if spec.choices is not None:
+            if value not in spec.choices or isinstance(value, bool) != isinstance(spec.choices[0], bool):
+                raise c.fail(at, f"must be one of space.{name}.choices {list(spec.choices)}", value)
+        else:
+            kind = int if isinstance(spec.low, int) and isinstance(spec.high, int) else float
+            value = c.typed(value, kind, at)
+            if not spec.low <= value <= spec.high:
+                raise c.fail(at, f"must be within space.{name} [{spec.low}, {spec.high}]", value)
+        out[name] = value
+    return out
+
+
 def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> StudyConfig:
     """Validate a study-file dict (from TOML, or stored in the DB) into a StudyConfig."""
     c = _Checker(source)
-    known = ("study", "pruner", "task", "worker", "space")
+    known = ("study", "pruner", "task", "worker", "space", "enqueue")
     for key in data:
         if key not in known:
             raise c.fail(key, f"is not a known section (known: {', '.join(known)})", data[key])
@@ -339,30 +485,23 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     if name is not None and isinstance(study_data, dict):
         study_data["name"] = name
     study = c.section(study_data, StudySection, "study")
-    pruner = c.section(data.get("pruner", {}), PrunerSection, "pruner")
     task = c.section(data.get("task", {}), TaskSection, "task")
     worker = c.section(data.get("worker", {}), WorkerSection, "worker")
 
     if not study.name.strip():
         raise c.fail("study.name", "must not be empty", study.name)
-    c.one_of(study.direction, ("maximize", "minimize"), "study.direction")
-    c.one_of(study.metric, tuple(METRICS), "study.metric")
-    if METRICS[study.metric] != study.direction:
-        raise c.fail("study.direction", f"must be {METRICS[study.metric]} for metric {study.metric}",
-                     study.direction)
-    c.at_least(study.n_trials, 1, "study.n_trials")
-    c.one_of(study.sampler, SAMPLERS, "study.sampler")
+    given = study_data if isinstance(study_data, dict) else {}
+    study = _check_objectives(c, study, given)
+    study = _check_budgets(c, study, given)
     c.at_least(study.max_retries, 0, "study.max_retries")
     c.at_least(study.max_failures, 0, "study.max_failures")
     c.at_least(study.keep_best, 1, "study.keep_best")
-    c.one_of(pruner.type, PRUNERS, "pruner.type")
-    c.at_least(pruner.n_startup_trials, 0, "pruner.n_startup_trials")
-    c.at_least(pruner.n_warmup_steps, 0, "pruner.n_warmup_steps")
+    c.at_least(task.epochs, 1, "task.epochs")
+    pruner = _check_pruner(c, data, study, task)
     if not is_plugin(task.dataset):
         c.one_of(task.dataset, DATASETS + ("module:callable of your own",), "task.dataset")
     if not is_plugin(task.model):
         c.one_of(task.model, MODELS + ("module:callable of your own",), "task.model")
-    c.at_least(task.epochs, 1, "task.epochs")
     c.at_least(task.batch_size, 1, "task.batch_size")
     if not 0 < task.val_fraction < 1:
         raise c.fail("task.val_fraction", "must be between 0 and 1", task.val_fraction)
@@ -390,9 +529,12 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     space += tuple(spec for name, spec in given.items() if name not in SPACE_PARAMS)  # the user's own
     _check_space_fits_model(c, task, space)
     _check_distillation(c, task, space)
-    if study.max_failures == 0:
-        study = dataclasses.replace(study, max_failures=study.n_trials)
-    return StudyConfig(study=study, pruner=pruner, task=task, worker=worker, space=space)
+    warmup = next(p for p in space if p.name == "warmup_epochs")
+    if _highest(warmup) >= task.epochs:
+        raise c.fail("space.warmup_epochs", f"must be < task.epochs ({task.epochs})", _highest(warmup))
+    config = StudyConfig(study=study, pruner=pruner, task=task, worker=worker, space=space)
+    check_sampler(study.sampler, config.searched(), len(study.all_directions), c.fail)
+    return dataclasses.replace(config, enqueue=_check_enqueue(c, data, config))
 
 
 def load_config(path: str | Path, name: str | None = None) -> StudyConfig:

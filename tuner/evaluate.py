@@ -44,7 +44,10 @@ def score_on_test(storage: optuna.storages.RDBStorage, name: str, top: int = 1,
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not done:
         raise TunerError(f"study {name!r} has no COMPLETE trial to score yet")
-    done.sort(key=lambda t: t.value, reverse=config.study.direction == "maximize")
+    if config.study.multi_objective:  # no single ranking: the Pareto front's trials, by number
+        done = sorted(study.best_trials, key=lambda t: t.number)
+    else:
+        done.sort(key=lambda t: t.value, reverse=config.study.direction == "maximize")
     data = open_batches(config.task, device)
     if len(data.prepared.splits["test"]) == 0:
         raise TunerError(f"study {name!r} has no test split: its data has no test/ folder or test set, and "

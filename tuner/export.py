@@ -22,14 +22,16 @@ from tuner.errors import TunerError
 from tuner.models import build_model
 from tuner.objective import lineage_number
 from tuner.space import HParams, hparams_from_params
-from tuner.study import best_frozen_trial, checkpoint_place, load_config
+from tuner.study import best_frozen_trial, checkpoint_place, complete_trial, load_config
 
 
-def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> dict[str, Any]:
+def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path, number: int | None = None
+                ) -> dict[str, Any]:
     """Write {model, hparams, config, trial, value, epoch, num_classes, image_shape, classes, preprocessing}
-    to `out` (atomically)."""
+    of the best trial (or of COMPLETE trial `number`: a study with several objectives has no single best) to
+    `out` (atomically)."""
     config = load_config(storage, name)
-    trial = best_frozen_trial(storage, name)
+    trial = best_frozen_trial(storage, name) if number is None else complete_trial(storage, name, number)
     checkpoints = checkpoint_place(storage, name).trial(lineage_number(trial))
     state = checkpoints.load_latest()
     if state is None:
@@ -40,7 +42,7 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path) -> di
     record = trial.user_attrs.get("data") or data_record(prepare(config.task), config.task)
     hp = hparams_from_params(config.space, trial.params)
     payload = {"model": state["model"], "hparams": dataclasses.asdict(hp), "config": config.to_dict(),
-               "trial": trial.number, "value": trial.value, "epoch": state["epoch"],
+               "trial": trial.number, "value": trial.values[0], "epoch": state["epoch"],
                "num_classes": trial.user_attrs.get("num_classes"), "image_shape": trial.user_attrs.get("image_shape"),
                "classes": list(record["classes"]), "preprocessing": record["preprocessing"]}
     try:

@@ -4,15 +4,19 @@ running workers re-read it."""
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
 from tuner.budget import budget_lock, trial_counts
-from tuner.config import StudyConfig, parse_config
+from tuner.compute import exhausted, spent
+from tuner.config import StudyConfig, check_enqueued, parse_config
 from tuner.errors import TunerError
 from tuner.place import StudyPlace
-from tuner.study import CONFIG_ATTR, append_history, checkpoint_place, label_for_dashboard, load_config
+from tuner.study import (CONFIG_ATTR, ENQUEUED_ATTR, append_history, checkpoint_place, label_for_dashboard,
+                         load_config)
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,39 @@ def current_config(storage: optuna.storages.RDBStorage, study_id: int, loaded: S
         raise TunerError(f"the config of study {loaded.study.name!r} was replaced after this worker started; "
                          "start the worker again")
     return stored
+
+
+def _value(text: str) -> Any:
+    """A command-line value as TOML reads it (0.01, 32, true, "adamw"), or the bare word as a string (adamw)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def enqueue_params(storage: optuna.storages.RDBStorage, name: str, pairs: list[str]) -> int:
+    """`tuner enqueue`: queue one trial with these params (checked against the study's space) to run next, in a
+    slot of the trial budget (refused when the budget has none left). Returns the queued trial's number."""
+    config = load_config(storage, name)
+    raw = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise TunerError(f"tuner enqueue: expected name=value, got {pair!r}")
+        raw[key.strip()] = _value(text.strip())
+    params = check_enqueued(f"tuner enqueue --study {name}", raw, config, "")
+    study_id = storage.get_study_id_from_name(name)
+    with budget_lock(storage, study_id):  # no worker takes the last slot meanwhile
+        config = current_config(storage, study_id, config)
+        counts = trial_counts(storage, study_id)
+        n_trials = config.study.n_trials
+        if n_trials and counts.committed >= n_trials:
+            raise TunerError(f"study {name!r} has no trial left in its budget ({counts.finished} finished, "
+                             f"{counts['RUNNING']} running, {counts['WAITING']} queued of n_trials = {n_trials}): "
+                             f"`tuner extend --study {name} --n-trials {n_trials + 1}` first")
+        why = exhausted(config.study, spent(storage, study_id)) if config.study.compute_budget else ""
+        if why:
+            raise TunerError(f"study {name!r} is complete ({why}): nothing would run it")
+        study = optuna.load_study(study_name=name, storage=storage)
+        study.enqueue_trial(params, user_attrs={ENQUEUED_ATTR: "tuner enqueue"})
+        return max(t.number for t in storage.get_all_trials(study_id, deepcopy=False))

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.budget import trial_counts
+from tuner.compute import budget_parts, spent
 from tuner.study import load_config
 
 
@@ -28,7 +29,7 @@ class RunningTrial:
 class Snapshot:
     study: str
     metric: str
-    n_trials: int  # the budget of COMPLETE + PRUNED trials
+    n_trials: int  # the budget of COMPLETE + PRUNED trials (0: none, the study has a compute budget)
     epochs: int  # per trial
     complete: int
     pruned: int
@@ -39,6 +40,8 @@ class Snapshot:
     best_trial: int | None
     elapsed_s: float  # since this watcher started
     eta_s: float | None  # None until a trial has finished while watching
+    spent: float = 0.0  # share of the budget spent (of whichever budget is nearest its end), 0..1
+    budget: str = ""  # e.g. "12/20 trials, 40/100 epochs"
 
     @property
     def finished(self) -> int:
@@ -46,12 +49,12 @@ class Snapshot:
 
     @property
     def done(self) -> bool:
-        return self.finished >= self.n_trials
+        return self.spent >= 1
 
 
-def complete_message(study: str, finished: int, n_trials: int) -> str:
+def complete_message(study: str, why: str) -> str:
     """What a worker or `tuner run` says when the budget is already spent (written once, said by both)."""
-    return f"study {study!r} is complete ({finished} of {n_trials} trials); nothing to do"
+    return f"study {study!r} is complete ({why}); nothing to do"
 
 
 class ProgressWatch:
@@ -67,19 +70,26 @@ class ProgressWatch:
         self.config = load_config(storage, name)
         self.study_id = storage.get_study_id_from_name(name)
         self._started = time.monotonic()
-        self._finished_at_start: int | None = None  # set by the first snapshot
+        self._spent_at_start: float | None = None  # set by the first snapshot
 
     def snapshot(self) -> Snapshot:
         """The study now: a few small queries, cheap enough to poll every second."""
         counts = trial_counts(self.storage, self.study_id)
         running = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
         best_value = best_trial = None
-        if counts["COMPLETE"]:
-            best = self.storage.get_best_trial(self.study_id)
-            best_value, best_trial = best.value, best.number
+        if counts["COMPLETE"] and not self.config.study.multi_objective:  # several objectives: no single best
+            best = optuna.load_study(study_name=self.name, storage=self.storage)
+            try:
+                best_value, best_trial = best.best_value, best.best_trial.number
+            except ValueError:  # with max_params: no feasible trial has completed yet
+                pass
         elapsed = time.monotonic() - self._started
-        if self._finished_at_start is None:
-            self._finished_at_start = counts.finished
+        study = self.config.study
+        used = spent(self.storage, self.study_id) if study.compute_budget else None
+        parts = budget_parts(study, counts.finished, used)
+        share = min(1.0, max(p for p, _ in parts))
+        if self._spent_at_start is None:
+            self._spent_at_start = share
         n_trials = self.config.study.n_trials
         return Snapshot(
             study=self.name, metric=self.config.study.metric, n_trials=n_trials, epochs=self.config.task.epochs,
@@ -87,13 +97,16 @@ class ProgressWatch:
             running=tuple(RunningTrial(t.number, max(t.intermediate_values, default=0))
                           for t in sorted(running, key=lambda t: t.number)),
             best_value=best_value, best_trial=best_trial, elapsed_s=elapsed,
-            eta_s=_eta(counts.finished - self._finished_at_start, max(0, n_trials - counts.finished), elapsed),
+            eta_s=_eta(share - self._spent_at_start, 1 - share, elapsed),
+            spent=share, budget=", ".join(text for _, text in parts),
         )
 
 
-def _eta(finished_here: int, left: int, elapsed: float) -> float | None:
-    if left == 0:
+def _eta(spent_here: float, left: float, elapsed: float) -> float | None:
+    """From the share of the budget spent while watching: a trial budget moves as trials finish, an epoch
+    budget as epochs are trained."""
+    if left <= 0:
         return 0.0
-    if finished_here <= 0 or elapsed <= 0:
+    if spent_here <= 0 or elapsed <= 0:
         return None  # no rate measured yet: better no ETA than a made-up one
-    return left * elapsed / finished_here
+    return left * elapsed / spent_here

@@ -17,10 +17,12 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tuner.budget import budget_lock
+from tuner.lease import ReaperLease
 from tuner.study import history
 
 # user attributes that describe one run of a trial, not its params: a retry starts without them
-RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch", "worker")
+# (epochs_trained / train_seconds: what this run used of the compute budget, tuner/compute.py; a retry claims anew)
+RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch", "worker", "epochs_trained", "train_seconds")
 COUNTED_FAILURES = "tuner_counted_failures"  # system attr of a retry: its lineage's failures that use up retries
 
 # fail_reason of trials that failed for the infrastructure, not the objective: they are retried and do not
@@ -95,14 +97,27 @@ class TrialHeartbeat(_Ticker):
 
 class Reaper(_Ticker):
     """Fails (and retries) the study's stale trials on a timer, so a dead worker's trial is recovered
-    within interval + grace + reaper period even while every other worker is busy."""
+    within interval + grace + reaper period (+ a lease take-over, below) even while every other worker is busy.
+
+    Every worker runs one, but only the holder of the study's lease (tuner.lease) reaps: one reaper per study,
+    not one per worker; when the holder dies, another takes over within LEASE_PERIODS periods."""
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, period: float):
         super().__init__(f"reaper[{study.study_name}]", period)
         self.study, self.storage = study, storage
+        self.lease = ReaperLease(storage.engine, study._study_id, period)
+
+    def stop(self) -> None:
+        super().stop()
+        try:
+            self.lease.release()
+        except Exception:  # best effort: the lease runs out by itself
+            _log.debug("reaper lease not released", exc_info=True)
 
     def tick(self) -> None:
         storage = self.storage
+        if not self.lease.held():
+            return
         _start_clock_for_silent_trials(storage, self.study._study_id)
         # Under the budget lock: between FAIL and its WAITING retry the count dips by one, and another
         # worker must not take that slot for a new trial.

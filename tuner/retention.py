@@ -57,8 +57,11 @@ def _rows(storage: optuna.storages.RDBStorage, study_id: int) -> list[TrialRow]:
             for n, state, value, original, reason in rows]
 
 
-def doomed_lineages(rows: list[TrialRow], *, keep_best: int, max_retries: int, maximize: bool) -> set[int]:
-    """The lineages whose checkpoints nothing can need any more (the rules in the module docstring)."""
+def doomed_lineages(rows: list[TrialRow], *, keep_best: int, max_retries: int, maximize: bool,
+                    front: set[int] | None = None) -> set[int]:
+    """The lineages whose checkpoints nothing can need any more (the rules in the module docstring). With several
+    objectives, `front` holds the numbers of the Pareto front's trials: a COMPLETE trial off it goes (a trial
+    another one beats on every objective stays beaten), whatever keep_best says."""
     chains: dict[int, list[TrialRow]] = defaultdict(list)
     for row in rows:
         chains[row.lineage].append(row)
@@ -73,6 +76,9 @@ def doomed_lineages(rows: list[TrialRow], *, keep_best: int, max_retries: int, m
             doomed.add(lineage)
         elif latest.state == "FAIL" and sum(r.state == "FAIL" and not r.interrupted for r in chain) > max_retries:
             doomed.add(lineage)
+        elif latest.state == "COMPLETE" and front is not None:
+            if latest.number not in front:
+                doomed.add(lineage)
         elif latest.state == "COMPLETE" and cutoff is not None and latest.value is not None:
             if (latest.value < cutoff) if maximize else (latest.value > cutoff):
                 doomed.add(lineage)
@@ -89,9 +95,12 @@ def sweep_checkpoints(storage: optuna.storages.RDBStorage, study_id: int, name: 
         if not folders:  # nothing on disk here: no query needed
             return 0
         config = parse_config(attrs["tuner_config"], f"stored config of study {name!r}")
+        front = None
+        if config.study.multi_objective:
+            front = {t.number for t in optuna.load_study(study_name=name, storage=storage).best_trials}
         doomed = doomed_lineages(_rows(storage, study_id), keep_best=config.study.keep_best,
                                  max_retries=config.study.max_retries,
-                                 maximize=config.study.direction == "maximize")
+                                 maximize=config.study.direction == "maximize", front=front)
         freed = sum(remove_tree(folders[n]) for n in sorted(doomed & set(folders)))
         if freed:
             _log.debug("retention: freed %d bytes of checkpoints of study %r", freed, name)

@@ -25,6 +25,10 @@ class HParams:
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
     prune_amount: float = 0.0
+    batch_size: int = 0  # 0: the task's, lr as given; else lr is per 256 images (tuner.objective scales it)
+    label_smoothing: float = 0.0
+    momentum: float = 0.9
+    warmup_epochs: int = 0
     own: Mapping[str, Any] = field(default_factory=dict)  # the [space] entries of a model of the user's own
 
     def as_mapping(self) -> dict[str, Any]:

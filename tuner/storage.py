@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
+import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -31,8 +34,12 @@ from tuner.urls import (  # noqa: F401 (re-exported: callers import URL helpers 
     worker_command,
 )
 
-# Connections one worker may hold: main loop, heartbeat thread, reaper thread, budget lock.
-POOL_SIZE = 4
+# A worker keeps ONE connection open (its pool's); the main loop, the heartbeat and reaper threads and the budget
+# lock's transaction take it in turn. When two need one at the same moment (the budget lock's transaction while
+# Optuna's ask writes; a heartbeat during that), an extra one is opened and closed again on return: up to
+# 1 + MAX_OVERFLOW for milliseconds. So a fleet of N workers holds about N connections, not 4 N.
+POOL_SIZE = 1
+MAX_OVERFLOW = 3
 # Seconds a worker waits for a free connection in its own pool before saying so.
 POOL_TIMEOUT = 30
 # Seconds SQLite waits on a locked database file before "database is locked".
@@ -54,9 +61,10 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {
         "pool_pre_ping": True,
         "pool_size": POOL_SIZE,
-        "max_overflow": 0,
+        "max_overflow": MAX_OVERFLOW,
         "pool_timeout": POOL_TIMEOUT,
-        "connect_args": {"connect_timeout": 10, "application_name": "tuner"},
+        # the process id lets a DBA (and tests) tell whose connections pg_stat_activity shows
+        "connect_args": {"connect_timeout": 10, "application_name": f"tuner:{os.getpid()}"},
     }
 
 
@@ -113,10 +121,23 @@ def _retrying(method: Callable) -> Callable:
     return wrapper
 
 
-# Every public storage call, plus the heartbeat query the reaper uses.
-for _name, _method in vars(optuna.storages.RDBStorage).items():
-    if callable(_method) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
-        setattr(ResilientRDBStorage, _name, _retrying(_method))
+def opens_a_session(method: Callable) -> bool:
+    """Whether an RDBStorage method goes to the database on its own: it opens a session. The `*_without_commit`
+    helpers run inside another method's session and are retried with it, as a whole."""
+    try:
+        return "_create_scoped_session(self.scoped_session" in inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+
+
+# Every call that reaches the database, whatever path it takes: the public methods, and the private ones that
+# Optuna's _CachedStorage (what optuna.load_study puts in front of an RDBStorage) calls directly —
+# _create_new_trial, _set_trial_param, _get_trials, _get_best_trial_id — and the reaper's _get_stale_trial_ids.
+RETRIED_METHODS = sorted(
+    name for name, method in vars(optuna.storages.RDBStorage).items()
+    if callable(method) and not name.startswith("__") and (not name.startswith("_") or opens_a_session(method)))
+for _name in RETRIED_METHODS:
+    setattr(ResilientRDBStorage, _name, _retrying(vars(optuna.storages.RDBStorage)[_name]))
 
 
 def make_storage(
@@ -141,7 +162,8 @@ def make_storage(
         raise TunerError(f"no database at {path} (storage {shown_url(url)}); launch a study there first, or "
                          "point --storage or TUNER_STORAGE at the database that has it")
     cls = optuna.storages.RDBStorage if retry_seconds is None else ResilientRDBStorage
-    try:
+
+    def connect() -> optuna.storages.RDBStorage:
         storage = cls(
             url,
             engine_kwargs=_engine_kwargs(url),
@@ -154,6 +176,13 @@ def make_storage(
         if retry_seconds is not None:
             storage.retry_seconds = retry_seconds
         return storage
+
+    try:
+        if retry_seconds is None:
+            return connect()
+        # a worker may start while the database restarts: its first connection waits like any other call (a
+        # wrong password or database name is not an outage, and fails at once)
+        return call_with_retry(connect, url=url, retry_seconds=retry_seconds, what="connect")
     except sqlalchemy.exc.ArgumentError:
         raise TunerError(f"storage URL {redact(url)} is not a valid database URL") from None
     except ModuleNotFoundError as exc:
@@ -175,12 +204,19 @@ def _reason(exc: BaseException, url: str) -> str:
     return scrub(text, url)
 
 
+# Errors of the URL itself, not of the database's availability: retrying them only delays the one-line error.
+_PERMANENT = re.compile(r"password authentication failed|database \"[^\"]*\" does not exist|"
+                        r"role \"[^\"]*\" does not exist|no pg_hba\.conf entry")
+
+
 def is_connection_error(exc: BaseException | None) -> bool:
     """True for errors that a reconnect can cure: server gone, connection dropped, pool exhausted.
 
     Follows the cause chain: Optuna re-raises a failed commit as StorageInternalError from the driver error.
     """
     while exc is not None:
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and _PERMANENT.search(str(exc)):
+            return False  # waiting will not fix the URL
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                             sqlalchemy.exc.TimeoutError)):
             return True

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.budget import budget_lock, trial_counts
+from tuner.compute import budget_parts, spent
 from tuner.config import StudyConfig, parse_config
 from tuner.errors import TunerError
 from tuner.storage import shown_url
@@ -39,6 +40,7 @@ class BestTrial:
     epochs_run: int | None
     test_accuracy: float | None = None  # tuner evaluate / the end of tuner run; never used for selection
     nonzero_params: int | None = None  # parameters not zero after training (fewer than param_count if pruned)
+    values: tuple[float, ...] = ()  # every objective's value (value is the first)
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,12 @@ class StudyStatus:
     best_value: float | None
     direction: str
     checkpoint_bytes: int | None = None  # None: this host has no folder for the study's checkpoints
+    budget: str = ""  # what is spent of each budget, e.g. "12/20 trials, 40/100 epochs"
+    pareto_front: int | None = None  # several objectives: how many trials are on the Pareto front
 
     @property
     def finished(self) -> int:
         return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
-
-    @property
-    def budget_left(self) -> int:
-        return max(0, self.n_trials - self.finished)
 
     @property
     def retries(self) -> int:
@@ -83,7 +83,7 @@ def label_for_dashboard(study: optuna.Study, config: StudyConfig) -> None:
 
     with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2; we want it anyway
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([config.study.metric])
+        study.set_metric_names(list(config.study.objectives) or [config.study.metric])
     save_note(study, f"Study file, as launched:\n\n```toml\n{dump_toml(config.to_dict())}```\n")
 
 
@@ -131,7 +131,9 @@ def _replace_config(storage: optuna.storages.RDBStorage, config: StudyConfig,
         # failures before this point were the old config's: they do not count towards max_failures
         append_history(storage, study_id, "replace", changes=describe_changes(changes),
                        first_trial=sum(counts.by_state.values()))
-    label_for_dashboard(optuna.load_study(study_name=name, storage=storage), config)  # the note shows it too
+        study = optuna.load_study(study_name=name, storage=storage)
+        enqueue_from_file(study, config)  # the new file's, in place of the old one's (failed above)
+    label_for_dashboard(study, config)  # the note shows it too
     return LaunchResult(name, created=False, replaced=describe_changes(changes))
 
 
@@ -144,7 +146,7 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
         check_task_paths(config.task)
     name, wanted = config.study.name, config.to_dict()
     try:
-        study = optuna.create_study(study_name=name, storage=storage, direction=config.study.direction)
+        study = optuna.create_study(study_name=name, storage=storage, directions=list(config.study.all_directions))
     except optuna.exceptions.DuplicatedStudyError:
         stored = load_config(storage, name)  # raises if the study is not one of ours
         changes = _differences(_comparable(stored.to_dict()), _comparable(wanted))
@@ -159,7 +161,7 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
             raise TunerError(f"study {name!r} has n_trials = {now} and the file says {asked}: to change the budget "
                              f"run `tuner extend --study {name} --n-trials {asked}` (or put n_trials = {now} in "
                              "the file)") from None
-        if "study.direction" in keys:  # Optuna fixes a study's direction when it is created
+        if {"study.direction", "study.directions"} & set(keys):  # Optuna fixes them when the study is created
             raise TunerError(f"study {name!r} already exists with a different config: {describe_changes(changes)}; "
                              "the direction of a study cannot change: launch it under another name (--name) or "
                              f"delete it first (tuner delete --study {name})") from None
@@ -168,7 +170,18 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
         study.set_user_attr(key, value)
     study.set_user_attr(CONFIG_ATTR, wanted)
     label_for_dashboard(study, config)
+    enqueue_from_file(study, config)
     return LaunchResult(name, created=True)
+
+
+ENQUEUED_ATTR = "enqueued"  # trial user attribute: where its given params came from ("study file", "tuner enqueue")
+
+
+def enqueue_from_file(study: optuna.Study, config: StudyConfig) -> None:
+    """The study file's [[enqueue]] trials, queued once as the study gets its config (launch, or a replaced
+    config): WAITING trials, which every worker's ask() takes first, each exactly once (a row lock in Optuna)."""
+    for params in config.enqueue:
+        study.enqueue_trial(dict(params), user_attrs={ENQUEUED_ATTR: "study file"})
 
 
 def load_config(storage: optuna.storages.RDBStorage, name: str) -> StudyConfig:
@@ -197,21 +210,47 @@ def tuner_studies(storage: optuna.storages.RDBStorage) -> list[str]:
 
 
 def best_frozen_trial(storage: optuna.storages.RDBStorage, name: str) -> optuna.trial.FrozenTrial:
-    """The best COMPLETE trial as Optuna stores it; one clear error if there is none yet."""
+    """The best COMPLETE trial as Optuna stores it (feasible, with max_params); one clear error if there is none
+    yet, or if the study has several objectives (it has a front of best trials, not one)."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    if len(study.directions) > 1:
+        raise TunerError(f"study {name!r} has several objectives: no single best trial; `tuner best --study {name}` "
+                         "prints its Pareto front; `tuner export --trial N` exports one of them")
     try:
-        return optuna.load_study(study_name=name, storage=storage).best_trial
+        return study.best_trial
     except ValueError:
         raise TunerError(f"study {name!r} has no completed trial yet") from None
 
 
-def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
-    config = load_config(storage, name)
-    best = best_frozen_trial(storage, name)
+def complete_trial(storage: optuna.storages.RDBStorage, name: str, number: int) -> optuna.trial.FrozenTrial:
+    """Trial `number` of the study, which must be COMPLETE (one line otherwise)."""
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None or trial.state != TrialState.COMPLETE:
+        state = "no such trial" if trial is None else f"it is {trial.state.name}"
+        raise TunerError(f"study {name!r}: trial {number} cannot be used ({state}; a COMPLETE trial is needed)")
+    return trial
+
+
+def _best(name: str, config: StudyConfig, trial: optuna.trial.FrozenTrial) -> BestTrial:
     fixed = {p.name: p.value for p in config.space if p.value is not None}
-    return BestTrial(study=name, number=best.number, value=best.value, params=dict(best.params), fixed=fixed,
-                     param_count=best.user_attrs.get("param_count"), epochs_run=best.user_attrs.get("epochs_run"),
-                     test_accuracy=best.user_attrs.get("test_accuracy"),
-                     nonzero_params=best.user_attrs.get("nonzero_params"))
+    return BestTrial(study=name, number=trial.number, value=trial.values[0], params=dict(trial.params),
+                     fixed=fixed, param_count=trial.user_attrs.get("param_count"),
+                     epochs_run=trial.user_attrs.get("epochs_run"), test_accuracy=trial.user_attrs.get("test_accuracy"),
+                     nonzero_params=trial.user_attrs.get("nonzero_params"), values=tuple(trial.values))
+
+
+def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
+    return _best(name, load_config(storage, name), best_frozen_trial(storage, name))
+
+
+def pareto_front(storage: optuna.storages.RDBStorage, name: str) -> list[BestTrial]:
+    """The trials no other COMPLETE trial beats on every objective (Optuna's best_trials), by trial number."""
+    config = load_config(storage, name)
+    front = optuna.load_study(study_name=name, storage=storage).best_trials
+    if not front:
+        raise TunerError(f"study {name!r} has no completed trial yet")
+    return [_best(name, config, t) for t in sorted(front, key=lambda t: t.number)]
 
 
 def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
@@ -220,8 +259,19 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
     counts = dict(trial_counts(storage, study_id).by_state)
     retries = storage.get_all_trials(study_id, deepcopy=False)
     counts["retries"] = sum(1 for t in retries if "failed_trial" in t.system_attrs)
-    best = None
+    best = front = None
     if counts.get("COMPLETE"):
-        best = optuna.load_study(study_name=name, storage=storage).best_value
+        study = optuna.load_study(study_name=name, storage=storage)
+        if config.study.multi_objective:
+            front = len(study.best_trials)
+        else:
+            try:
+                best = study.best_value
+            except ValueError:  # with max_params: no feasible trial has completed yet
+                pass
+    used = spent(storage, study_id) if config.study.compute_budget else None
+    budget = ", ".join(text for _, text in budget_parts(config.study, counts.get("COMPLETE", 0)
+                                                        + counts.get("PRUNED", 0), used))
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
-                       direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size())
+                       direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size(),
+                       budget=budget, pareto_front=front)

@@ -1,7 +1,7 @@
 """A study config back to TOML text, for people to read (the optuna-dashboard study note).
 
 Python has a TOML reader (tomllib) but no writer, and our shape is small and fixed: top-level tables of
-scalars, plus [space] whose values are scalars, lists or one-line tables. A few lines here instead of a
+scalars, plus [space] whose values are scalars, lists or one-line tables, and [[enqueue]] arrays of tables. A few lines here instead of a
 dependency (tomli_w) for that; anything outside that shape is a bug and raises.
 """
 
@@ -48,6 +48,11 @@ def dump_toml(data: dict[str, dict[str, Any]]) -> str:
     """`{"study": {"name": "x"}, "space": {"lr": {"low": 0.001}}}` -> '[study]\\nname = "x"\\n\\n[space]\\n...'."""
     sections = []
     for table, values in data.items():
+        if isinstance(values, list) and all(isinstance(v, dict) for v in values):  # [[enqueue]]: one per entry
+            for entry in values:
+                lines = [f"[[{_key(table)}]]"] + [f"{_key(k)} = {_value(v)}" for k, v in entry.items()]
+                sections.append("\n".join(lines) + "\n")
+            continue
         if not isinstance(values, dict):
             raise TypeError(f"top-level {table!r} must be a table, got {values!r}")
         lines = [f"[{_key(table)}]"] + [f"{_key(k)} = {_value(v)}" for k, v in values.items()]

@@ -33,6 +33,9 @@ class FitConfig:
     distill_alpha: float = 0.0  # with a teacher: loss = (1 - a) * cross-entropy + a * T^2 * KL(teacher || student)
     distill_temperature: float = 4.0  # T: both sets of logits divided by it before the softmax
     prune_amount: float = 0.0  # share of conv/linear weights zeroed at prune_epoch(), kept zero after
+    label_smoothing: float = 0.0  # cross-entropy against (1 - s) * one-hot + s / classes
+    momentum: float = 0.9  # SGD (Nesterov when > 0)
+    warmup_epochs: int = 0  # linear warm-up from lr / (warmup_epochs + 1), then the cosine over the rest
 
 
 def prune_epoch(epochs: int) -> int:
@@ -85,9 +88,19 @@ EpochCallback = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], 
 def _make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]  # frozen backbone stages stay as they are
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: FitConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: cosine annealing to 0 at the last epoch, after any linear warm-up."""
+    lr = torch.optim.lr_scheduler
+    if not cfg.warmup_epochs:
+        return lr.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    warmup = lr.LinearLR(optimizer, start_factor=1 / (cfg.warmup_epochs + 1), total_iters=cfg.warmup_epochs)
+    cosine = lr.CosineAnnealingLR(optimizer, T_max=cfg.epochs - cfg.warmup_epochs)
+    return lr.SequentialLR(optimizer, [warmup, cosine], milestones=[cfg.warmup_epochs])
 
 
 @torch.no_grad()
@@ -122,7 +135,7 @@ def fit(
     """Train for cfg.epochs (epochs are numbered from 1) and return the last epoch's metrics. `teacher` (logits
     for a batch) adds distillation; cfg.prune_amount prunes the weights at prune_epoch()."""
     optimizer = _make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    scheduler = _make_scheduler(optimizer, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     first_epoch, metrics = 1, {}
     if resume is not None:
@@ -155,7 +168,7 @@ def fit(
                         teacher_logits = teacher(x)
                     loss = distillation_loss(logits, y, teacher_logits, cfg.distill_alpha, cfg.distill_temperature)
                 else:
-                    loss = F.cross_entropy(logits, y)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -42,9 +42,9 @@ def format_duration(seconds: float | None) -> str:
 def progress_view(snap: Snapshot, note: str = "") -> RenderableType:
     """The study's budget bar, the split of finished trials, the best so far, time, and the running trials."""
     top = Table.grid(padding=(0, 1))
-    top.add_row(Text(snap.study, style="bold"), ProgressBar(total=snap.n_trials, completed=snap.finished,
+    top.add_row(Text(snap.study, style="bold"), ProgressBar(total=1000, completed=round(1000 * snap.spent),
                                                              width=BAR_WIDTH),
-                Text(f"{snap.finished}/{snap.n_trials} trials"))
+                Text(snap.budget))
     split = f"{snap.complete} complete, {snap.pruned} pruned, {snap.failed} failed"
     if snap.waiting:
         split += f", {snap.waiting} retries queued"
@@ -71,15 +71,17 @@ def progress_view(snap: Snapshot, note: str = "") -> RenderableType:
 def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
     """`tuner status`: one row per study; a caption (with the time) when it is refreshed."""
     table = Table(caption=f"{datetime.now():%H:%M:%S}, {caption}" if caption else None)
-    for col in ("study", "complete", "pruned", "running", "waiting", "failed", "retries", "best", "budget left",
+    for col in ("study", "complete", "pruned", "running", "waiting", "failed", "retries", "best", "budget spent",
                 "checkpoints"):
         table.add_column(col)
     for s in statuses:
         c = s.counts
         best = "-" if s.best_value is None else f"{s.best_value:.4f}"
+        if s.pareto_front is not None:  # several objectives: no single best
+            best = f"front of {s.pareto_front}"
         disk = "-" if s.checkpoint_bytes is None else human_bytes(s.checkpoint_bytes)  # "-": no folder on this host
         table.add_row(s.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")),
-                      str(s.retries), best, f"{s.budget_left}/{s.n_trials}", disk)
+                      str(s.retries), best, s.budget, disk)
     return table
 
 

@@ -10,24 +10,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
 
 from tuner.budget import budget_lock, can_start, trial_counts
+from tuner.compute import TrialCompute, study_done
 from tuner.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
 from tuner.lifecycle import current_config
 from tuner.progress import complete_message
 from tuner.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHeartbeat, objective_failures
 from tuner.retention import sweep_checkpoints
+from tuner.search import make_pruner, make_sampler
 from tuner.storage import brief_storage, call_with_retry, make_storage
 from tuner.study import load_config, tuner_studies
 
@@ -39,7 +39,7 @@ class TrialEvent:
     study: str
     trial: int
     state: str  # COMPLETE | PRUNED | FAIL | LOST
-    value: float | None
+    value: float | None  # the first objective's, with several
     detail: str
 
 
@@ -84,20 +84,25 @@ class _Signals:
                 signal.raise_signal(signum)
 
 
-def _make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    # Each worker seeds its sampler differently (host, pid): with one seed, parallel workers would
-    # propose identical trials. A trial's training is still seeded by the study seed + trial number.
-    seed = hash((config.study.seed, socket.gethostname(), os.getpid())) % 2**31
-    if config.study.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+JOINED_ATTR = "tuner_workers_joined"  # study system attribute: how many worker processes have served it
 
 
-def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    if config.pruner.type == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=config.pruner.n_startup_trials,
-                                       n_warmup_steps=config.pruner.n_warmup_steps)
+def take_ordinal(storage: optuna.storages.RDBStorage, study_id: int) -> int:
+    """This worker's ordinal in the study: 0 for the first worker process that asks it for a trial, then 1, 2, ...
+    (call under the budget lock)."""
+    ordinal = storage.get_study_system_attrs(study_id).get(JOINED_ATTR, 0)
+    storage.set_study_system_attr(study_id, JOINED_ATTR, ordinal + 1)
+    return ordinal
+
+
+def sampler_seed(config: StudyConfig, ordinal: int) -> int:
+    """The first worker of a study samples with the study's seed itself, so one worker and one seed give the
+    same trials run after run; each later worker takes seed + its ordinal (the same seed in two workers would
+    propose identical trials). QMC is the exception: its workers share one scrambled sequence, whose position
+    Optuna keeps in the study, so every one takes the study's seed. (Training is seeded by seed + trial number.)"""
+    if config.study.sampler == "qmc":
+        return config.study.seed
+    return (config.study.seed + ordinal) % 2**32
 
 
 class Worker:
@@ -117,6 +122,7 @@ class Worker:
         self.db_retry_seconds = db_retry_seconds  # how long a DB outage is ridden out before exiting
         self.on_epoch, self.on_trial = on_epoch, on_trial
         self.signals = _Signals()
+        self.compute: dict[int, TrialCompute] = {}  # trial id -> its claims, from ask until it runs
 
     def run(self, study_name: str | None) -> int:
         """Serve one study (or every unfinished one, oldest first); returns the process exit code."""
@@ -138,16 +144,18 @@ class Worker:
         with brief_storage(self.url, retry_seconds=self.db_retry_seconds) as config_storage:
             config = load_config(config_storage, name)
             study_id = config_storage.get_study_id_from_name(name)
-            finished = self._with_retry(lambda: trial_counts(config_storage, study_id).finished, "count trials")
-        if finished >= config.study.n_trials:  # say so, before loading any data for it
-            _log.info("%s", complete_message(name, finished, config.study.n_trials))
+            why = self._with_retry(lambda: study_done(config_storage, study_id, config), "count trials")
+        if why:  # say so, before loading any data for it
+            _log.info("%s", complete_message(name, why))
             return
         w = config.worker
         storage = make_storage(self.url, heartbeat_interval=w.heartbeat_interval, grace_period=w.grace_period,
                                heartbeat_stale_trial_callback=RetryFailedTrial(max_retry=config.study.max_retries),
                                retry_seconds=self.db_retry_seconds)
-        study = optuna.load_study(study_name=name, storage=storage, sampler=_make_sampler(config),
-                                  pruner=_make_pruner(config))
+        # the sampler is replaced by one seeded for this worker as it asks for its first trial (_next_trial_once)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                                  pruner=make_pruner(config.pruner))
+        self.seeded = False
         objective = self.make_objective(config)
         self.storage = storage  # the RDBStorage itself (study._storage is Optuna's caching wrapper)
         reaper = Reaper(study, storage, w.reaper_period)
@@ -180,7 +188,7 @@ class Worker:
         with budget_lock(storage, study_id):
             config = current_config(storage, study_id, config)  # `tuner extend` may have changed n_trials
             counts = trial_counts(storage, study_id)
-            if counts.finished >= config.study.n_trials:
+            if study_done(storage, study_id, config, counts):
                 return None
             failures = objective_failures(storage, study_id) if counts["FAIL"] else 0
             if failures >= config.study.max_failures:
@@ -189,9 +197,17 @@ class Worker:
                                  "and the trials' fail_reason")
             if not can_start(counts, config.study.n_trials):
                 return _WAIT
+            if not self.seeded:  # under the lock: workers that start together still get distinct ordinals
+                ordinal = take_ordinal(storage, study_id)
+                study.sampler = make_sampler(config.study.sampler, sampler_seed(config, ordinal))
+                self.seeded = True
             # No heartbeat is written here: the trial's heartbeat thread writes its first one as it starts,
             # and the reaper starts the clock for a trial whose worker died before that.
-            return study.ask()
+            trial = study.ask()
+            if config.study.compute_budget:  # under the same lock that saw the budget not spent
+                self.compute[trial._trial_id] = TrialCompute(storage, study_id, trial._trial_id, config.study)
+                self.compute[trial._trial_id].claim_first()
+            return trial
 
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, objective: Callable) -> None:
         # The heartbeat runs until the result is stored, not just until training ends: telling can wait
@@ -200,16 +216,23 @@ class Worker:
         heartbeat = TrialHeartbeat(self.storage, trial._trial_id, config.worker.heartbeat_interval)
         heartbeat.start()
         try:
-            self._train_and_tell(study, trial, objective)
+            self._train_and_tell(study, trial, objective, self.compute.pop(trial._trial_id, None))
         finally:
             heartbeat.stop()
 
-    def _train_and_tell(self, study: optuna.Study, trial: optuna.Trial, objective: Callable) -> None:
+    def _train_and_tell(self, study: optuna.Study, trial: optuna.Trial, objective: Callable,
+                        compute: TrialCompute | None) -> None:
         started = time.monotonic()
         state, value, reason = TrialState.COMPLETE, None, ""
+
+        def on_epoch(event) -> None:
+            self.on_epoch(event)
+            if compute is not None:  # claims the next epoch, or stops the trial (TrialPruned)
+                compute.after_epoch(event.epoch, event.epochs, event.pruned)
+
         try:
-            value = objective(trial, self.signals.stop.is_set, self.on_epoch)
-            if not math.isfinite(value):
+            value = objective(trial, self.signals.stop.is_set, on_epoch)
+            if not all(math.isfinite(v) for v in _values(value)):
                 state, reason = TrialState.FAIL, f"objective returned {value}"
         except optuna.TrialPruned as exc:
             state, reason = TrialState.PRUNED, str(exc)
@@ -238,16 +261,18 @@ class Worker:
             elif state == TrialState.PRUNED:
                 study.tell(trial, state=TrialState.PRUNED)
             else:
-                study.tell(trial, value)
+                study.tell(trial, _values(value))
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
             if isinstance(exc, ValueError) and "Cannot tell" not in str(exc):
                 raise
             stored = self.storage.get_trial(trial._trial_id)
             # Our own tell may have committed just before the connection dropped, and been retried.
-            if stored.state != state or (state == TrialState.COMPLETE and stored.value != value):
+            if stored.state != state or (state == TrialState.COMPLETE and stored.values != _values(value)):
                 self._lost(study, trial)
                 return
-        self.on_trial(TrialEvent(study.study_name, trial.number, state.name, value, reason))
+        values = _values(value) if value is not None else []
+        detail = reason or (" ".join(f"{v:.4g}" for v in values) if len(values) > 1 else "")
+        self.on_trial(TrialEvent(study.study_name, trial.number, state.name, values[0] if values else None, detail))
 
     def _fail_and_retry(self, study: optuna.Study, trial: optuna.Trial) -> None:
         # Under the budget lock: between FAIL and the WAITING retry no other worker may take the slot.
@@ -271,6 +296,11 @@ class Worker:
         _log.warning("trial %d was failed by another worker while this one was unresponsive; "
                      "dropping its result (its retry counts instead)", trial.number)
         self.on_trial(TrialEvent(study.study_name, trial.number, "LOST", None, "heartbeat lost"))
+
+
+def _values(value: float | Sequence[float]) -> list[float]:
+    """The objective's result as Optuna's list of values (a multi-objective study returns one per objective)."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
 
 
 _WAIT = object()

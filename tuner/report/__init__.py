@@ -30,6 +30,9 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out: Path,
     from tuner.report.page import render_page
 
     snapshot = take_snapshot(storage, name)
+    if snapshot.config.study.multi_objective:
+        raise TunerError(f"study {name!r} has several objectives; the report covers single-objective studies "
+                         f"for now: `tuner best --study {name}` prints the Pareto front, the dashboard plots it")
     importances = param_importances(snapshot)
     plots = plan_plots(snapshot, importances)
     figures = [(p, None if p.missing else plotly_figure(p.key, snapshot, importances)) for p in plots]
