@@ -1,27 +1,33 @@
-"""How tuner's worker loop scales against one PostgreSQL: W worker processes, a cheap objective.
+"""How tuner's worker loop scales against one PostgreSQL with max_connections = 100: W worker processes (1 to
+256), a cheap objective, directly and through PgBouncer in transaction mode.
 
-Each worker runs tuner's real loop (budget lock, ask, suggest, heartbeat, one report, tell, reaper thread);
-the objective does no compute, so a trial's wall time in the loop is the storage overhead per trial.
-Prints trials/s, per-trial overhead p50/p95 (ms), and errors (non-zero exits, error lines, budget mismatch).
+Each worker runs tuner's real loop (budget lock, ask, suggest, heartbeat, one report, tell, the reaper thread and
+its lease) around an objective that does no compute, so a trial's wall time in the loop is the storage overhead
+per trial. The workers are forked from one process that has imported tuner already (256 separate interpreters
+would need ~20 GB here; forked, they share those pages). Prints per run: trials finished against the budget,
+trials/s, per-trial overhead p50/p95 (ms), the most server connections seen, workers refused by the server
+("too many clients"), and errors (non-zero exits, error lines, a budget mismatch).
 
-    python bench/scale.py --workers 8 32 64 --trials 1000            # throwaway PostgreSQL via pgserver
-    TUNER_STORAGE=postgresql+psycopg2://... python bench/scale.py     # your PostgreSQL (a new study per run)
+    python bench/scale.py --workers 1 32 128 256 --trials 1000     # throwaway PostgreSQL + PgBouncer (pgserver)
+    python bench/scale.py --profile                                # where one worker's per-trial time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STUDY = """
 [study]
@@ -34,7 +40,7 @@ type = "median"
 
 [worker]
 heartbeat_interval = 10
-grace_period = 60
+grace_period = 120
 reaper_period = 10
 
 [space]
@@ -46,15 +52,15 @@ weight_decay = {{ low = 1e-6, high = 1e-1, log = true }}
 """
 
 
-def child(url: str, study: str) -> None:
-    """One worker process: tuner's Worker with a no-compute objective; prints per-trial cycle times."""
+def child(url: str, study: str, out: Path, retry_seconds: float) -> int:
+    """One worker: tuner's Worker with a no-compute objective; writes its per-trial cycle times to `out`."""
     import logging
     import random
 
     from tuner.space import suggest_hparams
     from tuner.worker import Worker
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
     cycles: list[float] = []
     last = [time.perf_counter()]
 
@@ -70,83 +76,148 @@ def child(url: str, study: str) -> None:
         cycles.append(now - last[0])
         last[0] = now
 
-    code = Worker(url, make_objective, on_trial=on_trial, db_retry_seconds=60).run(study)
-    print(json.dumps({"cycles": cycles}))
-    sys.exit(code)
+    try:
+        code = Worker(url, make_objective, on_trial=on_trial, db_retry_seconds=retry_seconds).run(study)
+    except Exception as exc:  # what the CLI would print as its one error line
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    out.write_text(json.dumps({"cycles": cycles, "code": code}))
+    return code
 
 
-def run_one(url: str, workers: int, trials: int) -> dict:
+def spawn(url: str, study: str, workers: int, folder: Path, retry_seconds: float) -> None:
+    """Fork `workers` children from this process, which imports tuner once first; wait for all of them."""
+    import tuner.worker  # noqa: F401 (imported before forking: the children share these pages)
+
+    gc.freeze()  # objects made so far stay out of the children's collections: their pages stay shared
+    pids = []
+    for i in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            err = os.open(folder / f"{i}.err", os.O_WRONLY | os.O_CREAT, 0o644)
+            os.dup2(err, 2)
+            code = 1
+            try:
+                code = child(url, study, folder / f"{i}.json", retry_seconds)
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+
+
+def run_one(url: str, workers: int, trials: int, count_connections, retry_seconds: float) -> dict:
+    import subprocess
+    import tomllib
+
     import optuna
 
     from tuner.config import parse_config
     from tuner.storage import make_storage
     from tuner.study import launch_study
-    import tomllib
 
     name = f"scale-{workers}-{uuid.uuid4().hex[:6]}"
     config = parse_config(tomllib.loads(STUDY.format(name=name, trials=trials)), "bench")
-    launch_study(make_storage(url), config)
-    env = {**os.environ, "TUNER_STORAGE": url}
+    storage = make_storage(url)
+    launch_study(storage, config)
+    storage.engine.dispose()
+    folder = Path(tempfile.mkdtemp(prefix=f"scale-{workers}-"))
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:  # the most server connections seen while the workers run
+        while not done.wait(0.5):
+            try:
+                peak[0] = max(peak[0], count_connections())
+            except Exception:
+                pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     started = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", name], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(workers)]
-    results = [p.communicate() for p in procs]
+    subprocess.run([sys.executable, __file__, "--spawn", name, "--workers", str(workers), "--folder", str(folder),
+                    "--retry-seconds", str(retry_seconds)], env={**os.environ, "TUNER_STORAGE": url}, check=True)
     wall = time.perf_counter() - started
-    cycles, errors, messages = [], 0, set()
-    for p, (out, err) in zip(procs, results):
-        errors += p.returncode != 0
-        bad = [line for line in err.splitlines() if line.startswith(("ERROR", "Traceback", "error:", "WARNING"))]
-        errors += sum(1 for line in bad if not line.startswith("WARNING"))
-        messages.update(line[:300] for line in bad)
-        if p.returncode != 0 or any(line.startswith("Traceback") for line in bad):
-            log = Path(tempfile.gettempdir()) / f"scale-{workers}-worker-{p.pid}.log"
-            log.write_text(err)
-            messages.add(f"worker log: {log}")
-        for line in out.splitlines():
-            if line.startswith("{"):
-                # each worker's first cycle includes its start-up (imports, connect): not storage overhead
-                cycles += json.loads(line)["cycles"][1:]
+    done.set()
+    watcher.join()
+    cycles, errors, refused, messages = [], 0, 0, set()
+    for i in range(workers):
+        err = (folder / f"{i}.err").read_text() if (folder / f"{i}.err").exists() else ""
+        result = json.loads((folder / f"{i}.json").read_text()) if (folder / f"{i}.json").exists() else {"code": 1}
+        errors += result["code"] != 0
+        refused += "too many clients" in err
+        bad = [line for line in err.splitlines() if line.startswith(("ERROR", "Traceback", "error:"))]
+        errors += len(bad)
+        messages.update(line[:200] for line in bad)
+        # each worker's first cycle includes its start-up (connect, load the study): not storage overhead
+        cycles += result.get("cycles", [])[1:]
     study = optuna.load_study(study_name=name, storage=url)
     finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     errors += finished != trials
-    for message in sorted(messages)[:10]:
+    for message in sorted(messages)[:5]:
         print(f"  [{workers} workers] {message}", file=sys.stderr)
-    cycles_ms = sorted(c * 1000 for c in cycles)
+    cycles_ms = sorted(c * 1000 for c in cycles) or [float("nan")]
     return {"workers": workers, "trials": finished, "wall_s": wall, "trials_per_s": finished / wall,
-            "p50_ms": statistics.median(cycles_ms),
-            "p95_ms": cycles_ms[int(0.95 * (len(cycles_ms) - 1))], "errors": errors}
+            "p50_ms": statistics.median(cycles_ms), "p95_ms": cycles_ms[int(0.95 * (len(cycles_ms) - 1))],
+            "peak_connections": peak[0], "refused": refused, "errors": errors}
 
 
-def throwaway_postgres(max_connections: int) -> str:
-    import pgserver
+def profile(url: str, trials: int) -> None:
+    """One worker under cProfile: where a trial's storage time goes."""
+    import cProfile
+    import pstats
+    import tomllib
 
-    pgdata = Path(tempfile.mkdtemp()) / "pg"
-    server = pgserver.get_server(pgdata, cleanup_mode="delete")
-    # 4 connections per worker (main, heartbeat, reaper, budget lock); the default 100 serves ~24 workers
-    server.psql(f"ALTER SYSTEM SET max_connections = {max_connections};")
-    pgserver._commands.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user)
-    throwaway_postgres.server = server  # keep the handle alive: the server stops when it is collected
-    print(f"throwaway PostgreSQL, max_connections = {server.psql('SHOW max_connections;').split()[2]}")
-    return server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+    from tuner.config import parse_config
+    from tuner.storage import make_storage
+    from tuner.study import launch_study
+
+    name = f"profile-{uuid.uuid4().hex[:6]}"
+    launch_study(make_storage(url), parse_config(tomllib.loads(STUDY.format(name=name, trials=trials)), "bench"))
+    profiler = cProfile.Profile()
+    profiler.runcall(child, url, name, Path(tempfile.mkdtemp()) / "p.json", 60)
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("cumulative").print_stats(r"tuner/|optuna/study|optuna/trial|_cached_storage|sqlalchemy/engine/base", 40)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 32, 128, 256])
     parser.add_argument("--trials", type=int, default=1000)
+    # direct first: PgBouncer keeps idle server connections after its runs, which the direct runs would count
+    parser.add_argument("--via", nargs="+", default=["direct", "pgbouncer"], choices=["pgbouncer", "direct"])
+    parser.add_argument("--max-connections", type=int, default=100)
+    parser.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections")
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count (medians are printed)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--retry-seconds", type=float, default=120,
+                        help="how long a worker rides out a refused connection (--db-retry-seconds)")
+    parser.add_argument("--profile", action="store_true", help="profile one worker instead")
+    parser.add_argument("--spawn", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        child(os.environ["TUNER_STORAGE"], args.child)
+    if args.spawn:
+        spawn(os.environ["TUNER_STORAGE"], args.spawn, args.workers[0], Path(args.folder), args.retry_seconds)
         return
-    url = os.environ.get("TUNER_STORAGE") or throwaway_postgres(4 * max(args.workers) + 20)
-    print(f"{'workers':>7} {'trials':>6} {'wall s':>7} {'trials/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'errors':>6}")
-    for workers in args.workers:
-        runs = [run_one(url, workers, args.trials) for _ in range(args.repeat)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"{workers:>7} {med['trials']:>6.0f} {med['wall_s']:>7.1f} {med['trials_per_s']:>8.1f} "
-              f"{med['p50_ms']:>7.1f} {med['p95_ms']:>7.1f} {sum(r['errors'] for r in runs):>6}")
+    from pgbouncer import Fleet
+
+    print(f"$ python {' '.join(sys.argv)}")
+    print(f"machine: {os.cpu_count()} CPUs; PostgreSQL max_connections = {args.max_connections}; PgBouncer "
+          f"transaction mode, {args.pool_size} server connections")
+    with Fleet(max_connections=args.max_connections, pool_size=args.pool_size) as fleet:
+        if args.profile:
+            profile(fleet.direct_url, args.trials)
+            return
+        print(f"{'via':>9} {'workers':>7} {'trials':>6} {'wall s':>7} {'trials/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'peak conns':>10} {'refused':>7} {'errors':>6}")
+        for via in args.via:
+            url = fleet.pooled_url if via == "pgbouncer" else fleet.direct_url
+            for workers in args.workers:
+                runs = [run_one(url, workers, args.trials, fleet.server_connections, args.retry_seconds)
+                        for _ in range(args.repeat)]
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                print(f"{via:>9} {workers:>7} {med['trials']:>6.0f} {med['wall_s']:>7.1f} {med['trials_per_s']:>8.1f} "
+                      f"{med['p50_ms']:>8.1f} {med['p95_ms']:>8.1f} {max(r['peak_connections'] for r in runs):>10} "
+                      f"{sum(r['refused'] for r in runs):>7} {sum(r['errors'] for r in runs):>6}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import optuna
 import sqlalchemy
 
-from tuner.config import parse_config
-from tuner.place import remove_tree, study_place
+from tuner.config import StudyConfig, parse_config
+from tuner.place import StudyPlace, remove_tree, study_place
 from tuner.recovery import INTERRUPTED
 
 _log = logging.getLogger(__name__)
@@ -85,16 +85,20 @@ def doomed_lineages(rows: list[TrialRow], *, keep_best: int, max_retries: int, m
     return doomed
 
 
-def sweep_checkpoints(storage: optuna.storages.RDBStorage, study_id: int, name: str) -> int:
+def sweep_checkpoints(storage: optuna.storages.RDBStorage, study_id: int, name: str,
+                      known: tuple[StudyPlace, StudyConfig] | None = None) -> int:
     """Delete the checkpoint folders of this study that nothing can need; returns the bytes freed.
+    `known`: the study's place and config where the caller has them (a worker: they do not change while it
+    serves the study), which saves reading them from the database before every trial.
     Best effort: a failure is logged and the worker goes on (the next sweep tries again)."""
     try:
-        attrs = storage.get_study_user_attrs(study_id)
-        place = study_place(attrs, name)
+        if known is None:
+            attrs = storage.get_study_user_attrs(study_id)
+            known = study_place(attrs, name), parse_config(attrs["tuner_config"], f"stored config of study {name!r}")
+        place, config = known
         folders = place.lineages()
         if not folders:  # nothing on disk here: no query needed
             return 0
-        config = parse_config(attrs["tuner_config"], f"stored config of study {name!r}")
         front = None
         if config.study.multi_objective:
             front = {t.number for t in optuna.load_study(study_name=name, storage=storage).best_trials}

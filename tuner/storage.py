@@ -89,13 +89,13 @@ def call_with_retry(fn: Callable[[], T], *, url: str, retry_seconds: float, what
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
-            if time.monotonic() + delay > deadline:
-                raise TunerError(f"the database at {redact(url)} was unreachable for {retry_seconds:.0f} s "
-                                 f"({what}): {_reason(exc, url)}") from None
-            if not warned:
+            if not warned:  # at once, whatever the deadline: a slow first attempt must not hide the wait
                 _log.warning("database error in %s, retrying for up to %.0f s: %s", what, retry_seconds,
                              _reason(exc, url))
                 warned = True
+            if time.monotonic() + delay > deadline:
+                raise TunerError(f"the database at {redact(url)} was unreachable for {retry_seconds:.0f} s "
+                                 f"({what}): {_reason(exc, url)}") from None
             time.sleep(delay)
             delay = min(2 * delay, RETRY_MAX)
 

@@ -24,6 +24,7 @@ from tuner.compute import TrialCompute, study_done
 from tuner.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
 from tuner.lifecycle import current_config
+from tuner.place import study_place
 from tuner.progress import complete_message
 from tuner.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHeartbeat, objective_failures
 from tuner.retention import sweep_checkpoints
@@ -144,6 +145,7 @@ class Worker:
         with brief_storage(self.url, retry_seconds=self.db_retry_seconds) as config_storage:
             config = load_config(config_storage, name)
             study_id = config_storage.get_study_id_from_name(name)
+            self.place = study_place(config_storage.get_study_user_attrs(study_id), name)  # where its checkpoints go
             why = self._with_retry(lambda: study_done(config_storage, study_id, config), "count trials")
         if why:  # say so, before loading any data for it
             _log.info("%s", complete_message(name, why))
@@ -179,7 +181,8 @@ class Worker:
         return call_with_retry(fn, url=self.url, retry_seconds=self.db_retry_seconds, what=what)
 
     def _next_trial(self, study: optuna.Study, config: StudyConfig) -> optuna.Trial | object | None:
-        sweep_checkpoints(self.storage, study._study_id, study.study_name)  # after each tell, and before exiting
+        # after each tell, and before exiting; the place and config are the ones this worker serves
+        sweep_checkpoints(self.storage, study._study_id, study.study_name, known=(self.place, config))
         return self._with_retry(lambda: self._next_trial_once(study, config), "next trial")
 
     def _next_trial_once(self, study: optuna.Study, config: StudyConfig) -> optuna.Trial | object | None:
