@@ -61,6 +61,13 @@ def child(url: str, study: str, out: Path, retry_seconds: float) -> int:
     from tuner.worker import Worker
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
+    import warnings
+
+    import optuna
+
+    # as `tuner worker` does (cli._setup_logging): tuner uses these on purpose, with ask/tell
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     cycles: list[float] = []
     last = [time.perf_counter()]
 
