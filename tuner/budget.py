@@ -10,12 +10,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import sqlalchemy
+import sqlalchemy.orm
 from sqlalchemy.engine import make_url
 
 # Two-key advisory lock namespace: (LOCK_CLASS, study_id). Any constant no other app uses.
@@ -42,9 +44,23 @@ class Counts:
         return self.finished + self["RUNNING"] + self["WAITING"]
 
 
+_held = threading.local()  # this thread's budget-lock connection, while it holds the lock
+
+
+@contextlib.contextmanager
+def connection(storage: optuna.storages.RDBStorage) -> Iterator[sqlalchemy.Connection]:
+    """A connection for a few queries: inside budget_lock, the lock's own (the same transaction); else the pool's."""
+    held = getattr(_held, "conn", None)
+    if held is not None and getattr(_held, "engine", None) is storage.engine:
+        yield held
+        return
+    with storage.engine.connect() as conn:
+        yield conn
+
+
 def trial_counts(storage: optuna.storages.RDBStorage, study_id: int) -> Counts:
     query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
-    with storage.engine.connect() as conn:
+    with connection(storage) as conn:
         rows = conn.execute(query, {"sid": study_id}).all()
     # Optuna stores the TrialState name ("COMPLETE"); older SQLite files may hold the enum repr.
     return Counts(collections.Counter({str(state).split(".")[-1]: n for state, n in rows}))
@@ -60,7 +76,12 @@ def can_start(counts: Counts, n_trials: int) -> bool:
 def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[None]:
     """Serialise count-then-create across all workers of a study.
 
-    PostgreSQL: a transaction advisory lock (released by the server if the holder dies or freezes).
+    PostgreSQL: a transaction advisory lock (released by the server if the holder dies or freezes). Everything
+    the holder does inside runs on that one connection, in that one transaction: tuner's own queries (through
+    `connection()`) and Optuna's storage calls (its session is bound to the connection for this thread, each call
+    a SAVEPOINT), committed together as the lock is released. So a section is atomic (a FAIL and its retry are
+    stored together or not at all), and the holder never needs a second connection — which a connection pooler
+    full of workers waiting for this very lock could not give it.
     SQLite: an flock on a file beside the database (SQLite means one host).
     """
     url = make_url(str(storage.url))
@@ -71,15 +92,29 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[
             # session ended by PostgreSQL after HOLDER_IDLE_LIMIT_MS, which releases the lock for everyone else.
             conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {HOLDER_IDLE_LIMIT_MS}")
             conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"), {"c": LOCK_CLASS, "s": study_id})
+            # Optuna's commits become savepoint releases and its rollbacks roll back to the savepoint: the lock
+            # and the rest of the section survive both
+            storage.scoped_session.registry.set(
+                sqlalchemy.orm.Session(bind=conn, join_transaction_mode="create_savepoint"))
+            _held.conn, _held.engine = conn, storage.engine
+            failed = True
             try:
                 yield
+                failed = False
             finally:
+                _held.conn = _held.engine = None
+                storage.scoped_session.remove()  # this thread's next Optuna call gets an ordinary session
                 try:
-                    conn.commit()  # releases the lock
+                    if failed:
+                        conn.rollback()  # nothing half-done is stored; the caller retries the section
+                    else:
+                        conn.commit()  # stores the section and releases the lock
                 except sqlalchemy.exc.DBAPIError as exc:
                     # The session died with the lock held (server restart, or the idle limit above);
-                    # PostgreSQL released the lock with it.
+                    # PostgreSQL released the lock with it, and rolled back the section.
                     if not exc.connection_invalidated and not isinstance(exc, sqlalchemy.exc.OperationalError):
+                        raise
+                    if not failed:  # the section is not stored: say so, so the caller retries it
                         raise
     elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         lock_path = Path(f"{url.database}.tuner-lock")

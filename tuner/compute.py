@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import optuna
 import sqlalchemy
 
-from tuner.budget import Counts, budget_lock, trial_counts
+from tuner.budget import Counts, budget_lock, connection, trial_counts
 from tuner.config import StudySection
 
 EPOCHS_ATTR = "epochs_trained"  # epochs this trial claimed (trained, or training now); resumed ones excluded
@@ -44,7 +44,7 @@ class Spent:
 
 def spent(storage: optuna.storages.RDBStorage, study_id: int) -> Spent:
     """What the study's trials have used so far (every state: failed trials used their device too)."""
-    with storage.engine.connect() as conn:
+    with connection(storage) as conn:  # inside the budget lock: the lock's own transaction
         rows = conn.execute(_SPENT, {"sid": study_id}).all()
     epochs = sum(int(json.loads(v)) for k, v in rows if k == EPOCHS_ATTR)
     seconds = sum(float(json.loads(v)) for k, v in rows if k == SECONDS_ATTR)

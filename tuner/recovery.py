@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 
 import optuna
 import sqlalchemy
@@ -92,7 +93,10 @@ class TrialHeartbeat(_Ticker):
         self.storage, self.trial_id = storage, trial_id
 
     def tick(self) -> None:
-        self.storage.record_heartbeat(self.trial_id)
+        # Not through ResilientRDBStorage's backoff (up to 10 s between tries, more than a short grace period):
+        # this thread tries again on its own interval, so a heartbeat is written within one interval of the
+        # database coming back.
+        optuna.storages.RDBStorage.record_heartbeat(self.storage, self.trial_id)
 
 
 class Reaper(_Ticker):
@@ -106,6 +110,8 @@ class Reaper(_Ticker):
         super().__init__(f"reaper[{study.study_name}]", period)
         self.study, self.storage = study, storage
         self.lease = ReaperLease(storage.engine, study._study_id, period)
+        self._last_reached: float | None = None
+        self._judge_after = 0.0
 
     def stop(self) -> None:
         super().stop()
@@ -117,6 +123,17 @@ class Reaper(_Ticker):
     def tick(self) -> None:
         storage = self.storage
         if not self.lease.held():
+            self._last_reached = None  # a reaper that takes the lease over starts with a full grace period
+            return
+        # The database answers now. If it did not at this reaper's last tick (an outage: nobody could write a
+        # heartbeat meanwhile), or this reaper only now holds the lease, or this process was frozen, an old
+        # heartbeat says nothing about its worker: every worker gets a full grace period to write one again
+        # before any trial is judged.
+        now, grace = time.monotonic(), storage.grace_period or 2 * storage.heartbeat_interval
+        if self._failing or self._last_reached is None or now - self._last_reached > grace:
+            self._judge_after = now + grace
+        self._last_reached = now
+        if now < self._judge_after:
             return
         _start_clock_for_silent_trials(storage, self.study._study_id)
         # Under the budget lock: between FAIL and its WAITING retry the count dips by one, and another

@@ -222,7 +222,13 @@ def is_connection_error(exc: BaseException | None) -> bool:
             return True
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
             return True
-        exc = exc.__cause__
+        # Optuna's _get_trials runs a second query on the same session after an OperationalError: the driver's
+        # error is then only the implicit __context__ of SQLAlchemy's PendingRollbackError ("Can't reconnect until
+        # invalid transaction is rolled back"), which Optuna re-raises as the cause of StorageInternalError.
+        if exc.__cause__ is None and isinstance(exc, sqlalchemy.exc.PendingRollbackError):
+            exc = exc.__context__
+        else:
+            exc = exc.__cause__
     return False
 
 
