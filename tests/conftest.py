@@ -2,17 +2,26 @@
 
 PostgreSQL: $TUNER_TEST_DATABASE_URL if set (its user needs CREATEDB), else a throwaway server started
 here with pgserver (no root, no Docker). Every test gets its own database.
+PgBouncer: Debian's `pgbouncer` binary, started per test in front of that PostgreSQL (installed here with
+apt-get where it is absent and this is root; tests that need it are skipped, saying why, where it cannot be).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pwd
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +41,7 @@ PASSWORD = "pw-" + uuid.uuid4().hex  # a real secret: the server checks it (scra
 LONGEST_FIRST = (
     "test_the_digits_demo_finds_a_good_model_and_prunes",
     "test_a_killed_workers_trial_is_failed_while_others_are_busy_and_resumed_once",
+    "test_eight_workers_behind_pgbouncer_finish_exactly_the_budget_even_when_stopped_and_restarted",
     "test_eight_workers_finish_exactly_the_budget_even_when_stopped_and_restarted",
     "test_a_long_trial_under_cpu_load_is_never_falsely_failed",
     "test_fine_tuning_a_backbone_from_a_local_weights_file_on_an_imagefolder",
@@ -96,6 +106,33 @@ def pg_server(tmp_path_factory) -> tuple[str, str]:
     if env_url:
         return env_url, env_url
     return admin_and_user_urls(start_pgserver(new_pgdata()))
+
+
+def restart_postgres(pgdata: Path, admin_uri: str, down_for: float) -> None:
+    """Stop the server (fast: every connection is cut), keep it down, start it again on the same socket."""
+    import pgserver
+
+    socket_dir = re.search(r"host=([^&]+)", admin_uri).group(1)
+    pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="pgserver")
+    time.sleep(down_for)
+    pgserver._commands.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"],
+                              pgdata=pgdata, user="pgserver")
+
+
+@pytest.fixture
+def own_postgres(tmp_path) -> tuple[Path, str, str]:
+    """A PostgreSQL this test may stop and start: (pgdata, admin URI, user URL of a fresh database)."""
+    import pgserver
+
+    pgdata = new_pgdata()
+    admin_uri = start_pgserver(pgdata)
+    yield pgdata, admin_uri, create_database(*admin_and_user_urls(admin_uri))
+    # A test may have restarted it behind pgserver's back (pg_ctl): stop whatever runs there now, so no
+    # server outlives the suite.
+    try:
+        pgserver._commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user="pgserver")
+    except Exception:  # already stopped (the test stopped it for good)
+        pass
 
 
 def create_database(admin_url: str, user_url: str) -> str:
@@ -230,3 +267,140 @@ def checkpoint_dir(url: str, name: str) -> Path:
     attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
     storage.engine.dispose()
     return Path(attrs["tuner_checkpoint_root"]) / attrs["tuner_uuid"]
+
+
+# PgBouncer: Debian's package. .ci/run installs it; a developer's machine gets it here, once, where it is absent.
+PGBOUNCER_INSTALL = "apt-get update -qq && apt-get install -y -qq pgbouncer"
+_PGBOUNCER_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")  # not on a non-root user's PATH
+
+
+def _find_pgbouncer() -> str | None:
+    return shutil.which("pgbouncer", path=os.pathsep.join([os.environ.get("PATH", ""), *_PGBOUNCER_DIRS]))
+
+
+def pgbouncer_binary() -> str:
+    """The pgbouncer binary; installed with apt-get where it is absent (as root, once per machine: the
+    parallel test processes take turns on a lock), else the calling test is skipped with the reason."""
+    found = _find_pgbouncer()
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("PgBouncer is not installed and cannot be installed here (that needs root and apt-get); "
+                    f"install Debian's package: {PGBOUNCER_INSTALL}")
+    reason = "another test process tried first"
+    with open(Path(tempfile.gettempdir()) / "tuner-test-pgbouncer-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one apt-get at a time (dpkg's own lock would fail the second)
+        if not _find_pgbouncer():
+            try:
+                result = subprocess.run(["sh", "-c", PGBOUNCER_INSTALL], capture_output=True, text=True,
+                                        timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+                reason = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+            except subprocess.TimeoutExpired:
+                reason = "it took longer than 600 s"
+    found = _find_pgbouncer()
+    if not found:
+        pytest.skip(f"PgBouncer is not installed and `{PGBOUNCER_INSTALL}` did not install it: {reason}")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PgBouncer:
+    """A real PgBouncer (transaction pooling unless told otherwise) in front of the PostgreSQL of `user_url`,
+    listening on 127.0.0.1 only, authenticating clients with scram-sha-256 against that user's password and
+    logging in to PostgreSQL with it. `* =` routes every database name to the same-named database there.
+
+    PgBouncer will not run as root: as root it is started with `-u` as the owner of PostgreSQL's socket folder
+    (pgserver's own user, who can reach the socket), else `nobody`; its folder is handed to that user."""
+
+    def __init__(self, user_url: str, **settings: str | int):
+        self.user_url = make_url(user_url)
+        self.settings = {"pool_mode": "transaction", "default_pool_size": 20, "max_client_conn": 1000,
+                         "ignore_startup_parameters": "extra_float_digits", **settings}
+        self.dir = Path(tempfile.mkdtemp(prefix="tuner-test-pgbouncer-"))  # beside new_pgdata's, same reason
+        self.log = self.dir / "pgbouncer.log"
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    def _server(self) -> tuple[str, int]:
+        """Where PostgreSQL listens: a socket folder (`?host=` of pgserver's URL) or a host name."""
+        host = self.user_url.query.get("host") or self.user_url.host or "localhost"
+        return (host if isinstance(host, str) else host[0]), self.user_url.port or 5432
+
+    def _run_as(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        host, _ = self._server()
+        owner = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "root"
+        return owner if owner != "root" else "nobody"
+
+    def _write_config(self) -> Path:
+        host, port = self._server()
+        auth_file = self.dir / "users.txt"
+        auth_file.write_text(f'"{self.user_url.username}" "{self.user_url.password}"\n')
+        ini = self.dir / "pgbouncer.ini"
+        lines = ["[databases]", f"* = host={host} port={port}", "", "[pgbouncer]", "listen_addr = 127.0.0.1",
+                 f"listen_port = {self.port}", "unix_socket_dir =", "auth_type = scram-sha-256",
+                 f"auth_file = {auth_file}", *(f"{k} = {v}" for k, v in self.settings.items())]
+        ini.write_text("\n".join(lines) + "\n")
+        for path in (self.dir, auth_file, ini):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+            if (user := self._run_as()) is not None:
+                entry = pwd.getpwnam(user)
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        return ini
+
+    def start(self, timeout: float = 60) -> None:
+        binary = pgbouncer_binary()
+        for _ in range(3):  # a port taken between free_port() and PgBouncer's bind: try another
+            self.port = free_port()
+            ini = self._write_config()
+            user = self._run_as()
+            with self.log.open("a") as log:
+                self.proc = subprocess.Popen([binary, *(["-u", user] if user else []), str(ini)],
+                                             stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+                time.sleep(0.05)
+            self.stop()
+        raise AssertionError(f"PgBouncer did not start; its log:\n{self.log.read_text()[-3000:]}")
+
+    def url(self, database: str | None = None) -> str:
+        """The user's URL through PgBouncer (same user, password and database unless `database` is given)."""
+        url = self.user_url.difference_update_query(["host", "port"]).set(host="127.0.0.1", port=self.port)
+        return url.set(database=database or self.user_url.database).render_as_string(hide_password=False)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def pgbouncer(user_url: str, **settings: str | int) -> Iterator[PgBouncer]:
+    """A started PgBouncer in front of user_url's PostgreSQL, stopped (and its folder removed) afterwards."""
+    bouncer = PgBouncer(user_url, **settings)
+    try:
+        bouncer.start()
+        yield bouncer
+    finally:
+        bouncer.stop()
+        shutil.rmtree(bouncer.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def pooled_url(pg_url) -> Iterator[str]:
+    """A fresh database on the real PostgreSQL, reached as the password-protected user through a real
+    PgBouncer in transaction-pooling mode."""
+    with pgbouncer(pg_url) as bouncer:
+        yield bouncer.url()

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import optuna
 import pgserver
-import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from conftest import (PASSWORD, BudgetLockHold, admin_and_user_urls, create_database, load, new_pgdata, start_pgserver,
-                      start_worker, study_file, tuner, tuner_env, wait_all)
+from conftest import PASSWORD, BudgetLockHold, load, start_worker, study_file, tuner, tuner_env, wait_all
+from conftest import restart_postgres as _restart_postgres
 
 FAST_RECOVERY = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
 RECOVERY_BOUND = 1 + 3 + 1  # interval + grace + reaper period, seconds
@@ -204,35 +203,12 @@ def test_eight_workers_finish_exactly_the_budget_even_when_stopped_and_restarted
     assert_clean_logs(*tmp_path.glob("[ab]*.log"))
 
 
-def _restart_postgres(pgdata: Path, admin_uri: str, down_for: float) -> None:
-    """Stop the server (fast: every connection is cut), keep it down, start it again on the same socket."""
-    socket_dir = re.search(r"host=([^&]+)", admin_uri).group(1)
-    pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="pgserver")
-    time.sleep(down_for)
-    pgserver._commands.pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"],
-                              pgdata=pgdata, user="pgserver")
-
-
 def _assert_nothing_lost(url: str, name: str, n_trials: int, epochs: int) -> None:
     all_trials = trials(url, name)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in all_trials) == n_trials
     for t in all_trials:
         if t.state == TrialState.COMPLETE:
             assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
-
-
-@pytest.fixture
-def own_postgres(tmp_path) -> tuple[Path, str, str]:
-    """A PostgreSQL this test may stop and start: (pgdata, admin URI, user URL of a fresh database)."""
-    pgdata = new_pgdata()
-    admin_uri = start_pgserver(pgdata)
-    yield pgdata, admin_uri, create_database(*admin_and_user_urls(admin_uri))
-    # A test may have restarted it behind pgserver's back (pg_ctl): stop whatever runs there now, so no
-    # server outlives the suite.
-    try:
-        pgserver._commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user="pgserver")
-    except Exception:  # already stopped (the test stopped it for good)
-        pass
 
 
 def test_workers_ride_out_a_postgresql_restart(own_postgres, tmp_path):
