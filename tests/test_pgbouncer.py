@@ -17,7 +17,6 @@ import threading
 import urllib.request
 
 import optuna
-import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
