@@ -39,6 +39,7 @@ PASSWORD = "pw-" + uuid.uuid4().hex  # a real secret: the server checks it (scra
 # The suite runs in parallel (pytest-xdist, see pyproject.toml), so its wall time is at least its longest test's:
 # these start first, spread over the parallel workers, instead of last.
 LONGEST_FIRST = (
+    "test_the_chaos_soak_holds_every_invariant",
     "test_the_digits_demo_finds_a_good_model_and_prunes",
     "test_a_killed_workers_trial_is_failed_while_others_are_busy_and_resumed_once",
     "test_eight_workers_behind_pgbouncer_finish_exactly_the_budget_even_when_stopped_and_restarted",
