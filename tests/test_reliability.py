@@ -156,7 +156,7 @@ def test_a_worker_paused_past_the_grace_period_drops_its_stale_result(pg_url, tm
     assert tuner("launch-study", str(path), env=env).returncode == 0
     logs = [tmp_path / "paused.log", tmp_path / "other.log"]
     procs = [start_worker("pause", env, log) for log in logs]
-    victim = wait_for(lambda: epoch_reached(logs[0], 2), 120, "epoch 2")
+    victim = wait_for(lambda: epoch_reached(logs[0], 2), 300, "epoch 2")
     procs[0].send_signal(signal.SIGSTOP)
     wait_for(lambda: retries_of(pg_url, "pause", victim), 30, "the paused trial to be failed and retried")
     time.sleep(1)
@@ -218,7 +218,7 @@ def test_workers_ride_out_a_postgresql_restart(own_postgres, tmp_path):
     assert tuner("launch-study", str(path), env=env).returncode == 0
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     procs = [start_worker("restart", env, log) for log in logs]
-    wait_for(lambda: epoch_reached(logs[0], 2), 120, "training to be under way")
+    wait_for(lambda: epoch_reached(logs[0], 2), 300, "training to be under way")  # a busy machine starts workers slowly
     _restart_postgres(pgdata, admin_uri, down_for=5)
     assert wait_all(procs, timeout=400) == [0, 0], [log.read_text()[-2000:] for log in logs]
     _assert_nothing_lost(url, "restart", 6, 4)
@@ -236,7 +236,7 @@ def test_workers_ride_out_killed_backend_connections(pg_url, pg_server, tmp_path
     admin = sqlalchemy.create_engine(pg_server[0], isolation_level="AUTOCOMMIT")
     killed = 0
     for _ in range(3):  # three rounds, each cutting every connection of the study's database
-        wait_for(lambda: epoch_reached(logs[0], 2), 120, "training to be under way")
+        wait_for(lambda: epoch_reached(logs[0], 2), 300, "training to be under way")  # a busy machine starts workers slowly
         with admin.connect() as conn:
             killed += conn.execute(sqlalchemy.text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :d"),
@@ -360,7 +360,7 @@ def test_a_second_signal_exits_at_once(pg_url, tmp_path):
     assert tuner("launch-study", str(path), env=env).returncode == 0
     log = tmp_path / "w.log"
     proc = start_worker("twice", env, log)
-    wait_for(lambda: epoch_reached(log, 1), 120, "epoch 1")
+    wait_for(lambda: epoch_reached(log, 1), 300, "epoch 1")
     # The first signal's clean exit has to store the FAIL under the budget lock, which the test holds:
     # the worker is provably still busy with the first signal when the second one arrives.
     hold = BudgetLockHold(pg_url, "twice")
@@ -384,7 +384,7 @@ def test_a_trial_whose_result_waits_for_a_busy_lock_is_not_taken_for_dead(pg_url
     assert tuner("launch-study", str(path), env=env).returncode == 0
     log = tmp_path / "w.log"
     proc = start_worker("slowtell", env, log)
-    victim = wait_for(lambda: epoch_reached(log, 1), 120, "epoch 1")
+    victim = wait_for(lambda: epoch_reached(log, 1), 300, "epoch 1")
     hold = BudgetLockHold(pg_url, "slowtell")
     try:
         hold.wait_for_waiters(1)  # the worker's reaper queues first...
@@ -407,7 +407,7 @@ def test_a_worker_exits_with_one_line_when_the_database_stays_down(own_postgres,
     assert tuner("launch-study", str(path), env=env).returncode == 0
     log = tmp_path / "w.log"
     proc = start_worker("down", env, log, "--db-retry-seconds", "5")
-    wait_for(lambda: epoch_reached(log, 1), 120, "epoch 1")
+    wait_for(lambda: epoch_reached(log, 1), 300, "epoch 1")
     pgserver._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="pgserver")
     assert proc.wait(timeout=90) == 1
     text = log.read_text()

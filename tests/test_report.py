@@ -147,7 +147,7 @@ def test_a_study_with_no_complete_trial_says_so_and_that_it_is_still_running(pg_
     assert result.returncode == 0, result.stderr
     page = out.read_text()
     assert_self_contained(page)
-    assert "This study is still running" in page and "1 of 4 trials finished" in page
+    assert "This study is still running" in page and "budget spent 1/4 trials (1 trials finished)" in page
     assert 'id="no-complete"' in page
     assert "Not drawn: no COMPLETE trial yet" in page
     assert 'id="figure-learning_curves"' in page  # the pruned trial's curve

@@ -47,6 +47,11 @@ class Counts:
 _held = threading.local()  # this thread's budget-lock connection, while it holds the lock
 
 
+def holds_budget_lock() -> bool:
+    """Whether this thread is inside budget_lock (PostgreSQL): its storage calls run in the lock's transaction."""
+    return getattr(_held, "conn", None) is not None
+
+
 @contextlib.contextmanager
 def connection(storage: optuna.storages.RDBStorage) -> Iterator[sqlalchemy.Connection]:
     """A connection for a few queries: inside budget_lock, the lock's own (the same transaction); else the pool's."""
@@ -103,7 +108,10 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[
                 failed = False
             finally:
                 _held.conn = _held.engine = None
-                storage.scoped_session.remove()  # this thread's next Optuna call gets an ordinary session
+                try:
+                    storage.scoped_session.remove()  # this thread's next Optuna call gets an ordinary session
+                except sqlalchemy.exc.SQLAlchemyError:  # its connection is gone: nothing to release
+                    pass
                 try:
                     if failed:
                         conn.rollback()  # nothing half-done is stored; the caller retries the section

@@ -550,7 +550,8 @@ def report(
     _setup_logging()
     result = build_report(_existing_storage(storage), study, Path(out_file), Path(png) if png else None)
     s = result.snapshot
-    out.print(f"wrote {result.html}: study {study!r}, {len(s.finished)} of {s.config.study.n_trials} trials finished",
+    spent = ", ".join(text for _, text in s.budget())
+    out.print(f"wrote {result.html}: study {study!r}, {len(s.finished)} trials finished (budget spent {spent})",
               markup=False)
     if png:
         out.print(f"wrote {len(result.pngs)} PNGs to {png}", markup=False)

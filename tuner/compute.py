@@ -23,6 +23,7 @@ import sqlalchemy
 
 from tuner.budget import Counts, budget_lock, connection, trial_counts
 from tuner.config import StudySection
+from tuner.storage import call_with_retry
 
 EPOCHS_ATTR = "epochs_trained"  # epochs this trial claimed (trained, or training now); resumed ones excluded
 SECONDS_ATTR = "train_seconds"  # this trial's time on its device so far (from its start to its last epoch's end)
@@ -79,7 +80,7 @@ def budget_parts(study: StudySection, finished: int, used: Spent | None) -> list
     if used is not None and study.max_epochs:
         parts.append((used.epochs / study.max_epochs, f"{used.epochs}/{study.max_epochs} epochs"))
     if used is not None and study.max_gpu_hours:
-        parts.append((used.hours / study.max_gpu_hours, f"{used.hours:.2f}/{study.max_gpu_hours:g} device h"))
+        parts.append((used.hours / study.max_gpu_hours, f"{used.hours:.3g}/{study.max_gpu_hours:g} device h"))
     return parts
 
 
@@ -97,15 +98,22 @@ class TrialCompute:
         self.claimed = 1
         self.storage.set_trial_user_attr(self.trial_id, EPOCHS_ATTR, 1)
 
+    def _claim_next(self) -> str:
+        """One more epoch for this trial, or why not (a section of its own: retried as a whole)."""
+        with budget_lock(self.storage, self.study_id):
+            why = exhausted(self.study, spent(self.storage, self.study_id))
+            if not why:
+                self.storage.set_trial_user_attr(self.trial_id, EPOCHS_ATTR, self.claimed + 1)
+        if not why:
+            self.claimed += 1  # only once it is stored
+        return why
+
     def after_epoch(self, epoch: int, epochs: int, stopping: bool) -> None:
         self.storage.set_trial_user_attr(self.trial_id, SECONDS_ATTR, round(time.monotonic() - self.started, 3))
         if stopping or epoch >= epochs:  # no next epoch to claim
             return
-        with budget_lock(self.storage, self.study_id):
-            why = exhausted(self.study, spent(self.storage, self.study_id))
-            if not why:
-                self.claimed += 1
-                self.storage.set_trial_user_attr(self.trial_id, EPOCHS_ATTR, self.claimed)
+        why = call_with_retry(self._claim_next, url=str(self.storage.url),
+                              retry_seconds=getattr(self.storage, "retry_seconds", 0), what="claim an epoch")
         if why:
             self.storage.set_trial_user_attr(self.trial_id, "pruned_at_epoch", epoch)
             raise optuna.TrialPruned(f"compute budget spent after epoch {epoch}: {why}")

@@ -456,7 +456,8 @@ def check_enqueued(source: str, params: dict[str, Any], config: StudyConfig, whe
         at = f"{where}.{name}" if where else name
         if name not in searched:
             fixed = next((p for p in config.space if p.name == name), None)
-            why = (f"is fixed to {fixed.value!r} by the study file" if fixed is not None
+            chosen = fixed is not None and (name, fixed.value) != ("batch_size", 0)  # 0: not set
+            why = (f"is fixed to {fixed.value!r} by the study file" if chosen
                    else f"is not a searched parameter (searched: {', '.join(searched) or 'none'})")
             raise c.fail(at, why, value)
         spec = searched[name]

@@ -118,6 +118,8 @@ def enqueue_params(storage: optuna.storages.RDBStorage, name: str, pairs: list[s
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
             raise TunerError(f"tuner enqueue: expected name=value, got {pair!r}")
+        if key.strip() in raw:
+            raise TunerError(f"tuner enqueue: {key.strip()} is given twice")
         raw[key.strip()] = _value(text.strip())
     params = check_enqueued(f"tuner enqueue --study {name}", raw, config, "")
     study_id = storage.get_study_id_from_name(name)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy
 
+from tuner.budget import holds_budget_lock
 from tuner.errors import TunerError
 from tuner.urls import (  # noqa: F401 (re-exported: callers import URL helpers from here too)
     DEFAULT_STORAGE,
@@ -115,6 +116,8 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 def _retrying(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        if holds_budget_lock():  # its transaction is the unit: a dropped connection retries the whole section
+            return method(self, *args, **kwargs)
         return call_with_retry(lambda: method(self, *args, **kwargs), url=self.url,
                                retry_seconds=self.retry_seconds, what=method.__name__)
 
@@ -222,6 +225,8 @@ def is_connection_error(exc: BaseException | None) -> bool:
             return True
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
             return True
+        if isinstance(exc, sqlalchemy.exc.PendingRollbackError) and "invalid transaction" in str(exc):
+            return True  # a statement on a connection that was dropped earlier in the same transaction
         # Optuna's _get_trials runs a second query on the same session after an OperationalError: the driver's
         # error is then only the implicit __context__ of SQLAlchemy's PendingRollbackError ("Can't reconnect until
         # invalid transaction is rolled back"), which Optuna re-raises as the cause of StorageInternalError.

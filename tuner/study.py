@@ -233,7 +233,9 @@ def complete_trial(storage: optuna.storages.RDBStorage, name: str, number: int) 
 
 
 def _best(name: str, config: StudyConfig, trial: optuna.trial.FrozenTrial) -> BestTrial:
-    fixed = {p.name: p.value for p in config.space if p.value is not None}
+    # batch_size 0 is "not searched: task.batch_size", not a value anyone chose
+    fixed = {p.name: p.value for p in config.space
+             if p.value is not None and (p.name, p.value) != ("batch_size", 0)}
     return BestTrial(study=name, number=trial.number, value=trial.values[0], params=dict(trial.params),
                      fixed=fixed, param_count=trial.user_attrs.get("param_count"),
                      epochs_run=trial.user_attrs.get("epochs_run"), test_accuracy=trial.user_attrs.get("test_accuracy"),

@@ -29,10 +29,12 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out: Path,
     from tuner.report.figures import plotly_figure
     from tuner.report.page import render_page
 
-    snapshot = take_snapshot(storage, name)
-    if snapshot.config.study.multi_objective:
+    from tuner.study import load_config
+
+    if load_config(storage, name).study.multi_objective:
         raise TunerError(f"study {name!r} has several objectives; the report covers single-objective studies "
                          f"for now: `tuner best --study {name}` prints the Pareto front, the dashboard plots it")
+    snapshot = take_snapshot(storage, name)
     importances = param_importances(snapshot)
     plots = plan_plots(snapshot, importances)
     figures = [(p, None if p.missing else plotly_figure(p.key, snapshot, importances)) for p in plots]

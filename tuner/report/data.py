@@ -88,11 +88,19 @@ class Snapshot:
     def finished(self) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state in FINISHED]
 
+    def budget(self) -> list[tuple[float, str]]:
+        """Each budget the study has: (share spent, "12/20 trials"), from the trials' own records."""
+        from tuner.compute import EPOCHS_ATTR, SECONDS_ATTR, Spent, budget_parts
+
+        used = Spent(sum(t.user_attrs.get(EPOCHS_ATTR, 0) for t in self.trials),
+                     sum(t.user_attrs.get(SECONDS_ATTR, 0.0) for t in self.trials))
+        return budget_parts(self.config.study, len(self.finished), used)
+
     @property
     def unfinished(self) -> bool:
-        """Trials are running or queued, or the budget is not spent yet (its workers may have stopped early)."""
+        """Trials are running or queued, or no budget is spent yet (its workers may have stopped early)."""
         counts = self.counts
-        return bool(counts["RUNNING"] or counts["WAITING"]) or len(self.finished) < self.config.study.n_trials
+        return bool(counts["RUNNING"] or counts["WAITING"]) or max(share for share, _ in self.budget()) < 1
 
     @property
     def maximize(self) -> bool:

@@ -63,14 +63,15 @@ def _duration(seconds: float | None) -> str:
 
 
 def _banner(snapshot: Snapshot) -> str:
-    c, n = snapshot.counts, snapshot.config.study.n_trials
+    c = snapshot.counts
+    spent = html.escape(", ".join(text for _, text in snapshot.budget()))  # e.g. 12/20 trials, 40/100 epochs
     if snapshot.unfinished:
         head = ("This study is still running" if c["RUNNING"] or c["WAITING"] else
                 "This study is not finished (no trial is running or waiting right now)")
-        return (f'<p class="banner" id="running"><b>{head}</b>: {len(snapshot.finished)} of {n} trials finished, '
-                f'{c["RUNNING"]} running, {c["WAITING"]} waiting. This report is a snapshot taken '
+        return (f'<p class="banner" id="running"><b>{head}</b>: budget spent {spent} ({len(snapshot.finished)} '
+                f'trials finished), {c["RUNNING"]} running, {c["WAITING"]} waiting. This report is a snapshot taken '
                 f'{snapshot.taken_at:%Y-%m-%d %H:%M} UTC.</p>')
-    return f'<p id="finished">Finished: {len(snapshot.finished)} of {n} trials.</p>'
+    return f'<p id="finished">Finished: {len(snapshot.finished)} trials (budget spent {spent}).</p>'
 
 
 def _summary(snapshot: Snapshot) -> str:
