@@ -152,7 +152,9 @@ def run_one(url: str, workers: int, trials: int, count_connections, retry_second
         err = (folder / f"{i}.err").read_text() if (folder / f"{i}.err").exists() else ""
         result = json.loads((folder / f"{i}.json").read_text()) if (folder / f"{i}.json").exists() else {"code": 1}
         errors += result["code"] != 0
-        refused += "too many clients" in err
+        # PostgreSQL refuses a connection past max_connections with one of these (the second when only the
+        # superuser-reserved slots are left)
+        refused += "too many clients" in err or "remaining connection slots are reserved" in err
         bad = [line for line in err.splitlines() if line.startswith(("ERROR", "Traceback", "error:"))]
         errors += len(bad)
         messages.update(line[:200] for line in bad)
