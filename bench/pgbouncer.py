@@ -62,13 +62,20 @@ class Fleet:
             f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = scram-sha-256\nauth_file = {conf / 'userlist.txt'}\npool_mode = transaction\n"
             f"default_pool_size = {self.pool_size}\nmax_client_conn = {self.max_client_conn}\n"
-            f"logfile = {conf / 'pgbouncer.log'}\npidfile = {conf / 'pgbouncer.pid'}\n")
+            f"logfile = {conf / 'pgbouncer.log'}\npidfile = {conf / 'pgbouncer.pid'}\n"
+            "log_connections = 0\nlog_disconnections = 0\n"  # a fleet's connections would flood the log
+            # tuner's workers would rather wait than be dropped: PgBouncer's default gives up on a client that
+            # waited 120 s for a server connection, which hundreds of workers on 2 cores do
+            "query_wait_timeout = 0\n")
         os.chmod(self.dir, 0o755)
         for path in (conf, *conf.iterdir()):
             os.chmod(path, 0o777 if path.is_dir() else 0o666)
         user = ["-u", self.server.system_user] if os.geteuid() == 0 else []
-        self.pgbouncer = subprocess.Popen([binary, *user, str(conf / "pgbouncer.ini")],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # its output to a file, never a pipe nobody reads: PgBouncer blocks once a pipe's buffer is full
+        self.output = conf / "pgbouncer.out"
+        with open(self.output, "w") as out:
+            self.pgbouncer = subprocess.Popen([binary, *user, str(conf / "pgbouncer.ini")],
+                                              stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -76,7 +83,7 @@ class Fleet:
                 return
             except OSError:
                 if self.pgbouncer.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"pgbouncer did not start: {self.pgbouncer.stderr.read()}")
+                    raise SystemExit(f"pgbouncer did not start: {self.output.read_text()}")
                 time.sleep(0.1)
 
     def server_connections(self) -> int:

@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--max-connections", type=int, default=100)
     parser.add_argument("--pool-size", type=int, default=20, help="PgBouncer's server connections")
     parser.add_argument("--repeat", type=int, default=1, help="runs per worker count (medians are printed)")
-    parser.add_argument("--retry-seconds", type=float, default=120,
+    parser.add_argument("--retry-seconds", type=float, default=600,
                         help="how long a worker rides out a refused connection (--db-retry-seconds)")
     parser.add_argument("--profile", action="store_true", help="profile one worker instead")
     parser.add_argument("--spawn", help=argparse.SUPPRESS)

@@ -25,6 +25,9 @@ LOCK_CLASS = 0x7475  # "tu"
 # How long a lock holder may stay idle inside its critical section before PostgreSQL ends its session.
 # The section itself takes milliseconds; only a frozen process gets near this.
 HOLDER_IDLE_LIMIT_MS = 10_000
+# How long a waiter blocks for the lock at a time before it gives its connection back and queues again.
+WAIT_TURN_MS = 1000
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,29 @@ def can_start(counts: Counts, n_trials: int) -> bool:
     return counts["WAITING"] > 0 or not n_trials or counts.committed < n_trials
 
 
+def _wait_for_lock(conn: sqlalchemy.Connection, study_id: int) -> None:
+    """Take the study's transaction advisory lock on `conn`, waiting in turns of WAIT_TURN_MS.
+
+    A waiter blocked in pg_advisory_xact_lock holds a server connection. Behind a pooler (PgBouncer in transaction
+    mode) hundreds of waiters would hold the whole pool, and every other statement (a starting worker, heartbeats,
+    results) would queue until the pooler gave up on it; so a waiter gives its connection back every turn and
+    queues again. Each turn also sets a server-side limit on how long the holder may sit idle in the
+    transaction: a holder that is frozen (SIGSTOP, a paused VM) inside the critical section has its session ended
+    by PostgreSQL after HOLDER_IDLE_LIMIT_MS, which releases the lock for everyone else."""
+    while True:
+        conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {HOLDER_IDLE_LIMIT_MS}")
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {WAIT_TURN_MS}")
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"), {"c": LOCK_CLASS, "s": study_id})
+        except sqlalchemy.exc.OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) != LOCK_NOT_AVAILABLE:
+                raise
+            conn.rollback()  # the turn is over: the connection goes back (to the pooler) until the next one
+            continue
+        conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # the section's own statements wait as usual
+        return
+
+
 @contextlib.contextmanager
 def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[None]:
     """Serialise count-then-create across all workers of a study.
@@ -92,11 +118,7 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_id: int) -> Iterator[
     url = make_url(str(storage.url))
     if url.get_backend_name() == "postgresql":
         with storage.engine.connect() as conn:
-            # A transaction-level lock, and a server-side limit on how long its holder may sit idle in the
-            # transaction: a holder that is frozen (SIGSTOP, a paused VM) inside the critical section has its
-            # session ended by PostgreSQL after HOLDER_IDLE_LIMIT_MS, which releases the lock for everyone else.
-            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {HOLDER_IDLE_LIMIT_MS}")
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:c, :s)"), {"c": LOCK_CLASS, "s": study_id})
+            _wait_for_lock(conn, study_id)
             # Optuna's commits become savepoint releases and its rollbacks roll back to the savepoint: the lock
             # and the rest of the section survive both
             storage.scoped_session.registry.set(
