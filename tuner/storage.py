@@ -173,7 +173,9 @@ def make_storage(
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=heartbeat_stale_trial_callback,
+            skip_compatibility_check=True,  # Optuna's holds a transaction open while it opens a second connection
         )
+        _check_schema(storage)
         if is_sqlite(url):
             _enable_sqlite_wal(storage)
         if retry_seconds is not None:
@@ -195,6 +197,17 @@ def make_storage(
                          "PostgreSQL (postgresql+psycopg2://) and SQLite (sqlite:///)") from None
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         raise TunerError(f"cannot reach the database at {redact(url)}: {_reason(exc, url)}") from None
+
+
+def _check_schema(storage: optuna.storages.RDBStorage) -> None:
+    """Optuna's schema-version check, one connection at a time. Optuna's own keeps a session's transaction open
+    while it opens a second connection: behind a pooler, a few hundred workers starting at once then hold every
+    server connection with the first half and wait for ever on the second."""
+    current, head = storage.get_current_version(), storage.get_head_version()
+    if current != head:
+        raise TunerError(f"the database at {redact(str(storage.url))} has Optuna's table schema {current}, this "
+                         f"Optuna ({optuna.__version__}) needs {head}: run `optuna storage upgrade --storage URL` "
+                         "once (with the URL from the environment), or install the Optuna that made it")
 
 
 def _reason(exc: BaseException, url: str) -> str:
