@@ -36,9 +36,10 @@ from tuner.urls import (  # noqa: F401 (re-exported: callers import URL helpers 
 )
 
 # A worker keeps ONE connection open (its pool's); the main loop, the heartbeat and reaper threads and the budget
-# lock's transaction take it in turn. When two need one at the same moment (the budget lock's transaction while
-# Optuna's ask writes; a heartbeat during that), an extra one is opened and closed again on return: up to
-# 1 + MAX_OVERFLOW for milliseconds. So a fleet of N workers holds about N connections, not 4 N.
+# lock's transaction (which runs its whole section on that one connection, tuner.budget) take it in turn. When two
+# need one at the same moment (a heartbeat, or the reaper's lease, while the main loop is in a transaction or
+# queueing for the lock), an extra one is opened: up to 1 + MAX_OVERFLOW. So N workers hold about N connections
+# (2 each while they queue for the budget lock), not 4 N.
 POOL_SIZE = 1
 MAX_OVERFLOW = 3
 # Seconds a worker waits for a free connection in its own pool before saying so.
