@@ -63,7 +63,7 @@ def assert_no_session_state(url: str, pool_size: int) -> None:
 
 def test_eight_workers_behind_pgbouncer_finish_exactly_the_budget_even_when_stopped_and_restarted(pg_url,
                                                                                                    tmp_path):
-    with pgbouncer(pg_url) as bouncer:  # default_pool_size 20: fewer server connections than the workers hold
+    with pgbouncer(pg_url) as bouncer:  # default_pool_size 20 server connections for 8 workers (1-2 client connections each)
         url = bouncer.url()
         path = study_file(tmp_path, "eight", n_trials=12, epochs=2, worker=RELAXED_RECOVERY)
         env = tuner_env(url, tmp_path)
