@@ -87,7 +87,7 @@ MAX_RETRIES = 2
 LAUNCH_BUDGET = 100_000  # not reachable within any window: the real budget is set when the window ends
 KINDS = ("sigkill", "sigstop", "pg-restart", "terminate")
 OUTAGES = ("pg-restart", "terminate")
-STALE_REASON = f"no heartbeat for {GRACE} s (its worker died or froze)"  # tuner.recovery.STALE
+STALE_REASON = f"no heartbeat for {GRACE} s (its worker died or froze)"  # tuner.fleet.recovery.STALE
 
 STUDY = f"""\
 [study]
@@ -370,10 +370,10 @@ def with_db_retry(fn, what: str, timeout: float = 300):
 
 def set_final_budget(url: str, workers: int) -> tuple[int, dict]:
     """Lower the budget to what is committed now plus 2 per worker (tuner's extend refuses below committed)."""
-    from tuner.budget import trial_counts
+    from tuner.store.budget import trial_counts
     from tuner.errors import TunerError
-    from tuner.lifecycle import extend_study
-    from tuner.storage import make_storage
+    from tuner.fleet.lifecycle import extend_study
+    from tuner.store.storage import make_storage
 
     storage = make_storage(url)
     try:
@@ -408,7 +408,7 @@ def wait_for_workers(fleet: Fleet, timeout: float) -> bool:
 
 
 def lost_lines(log: Path) -> list[int]:
-    """Trials a worker dropped because they were failed while it was unresponsive (tuner.worker._lost)."""
+    """Trials a worker dropped because they were failed while it was unresponsive (tuner.fleet.worker._lost)."""
     return [int(n) for n in re.findall(r"trial (\d+) was failed by another worker while this one was unresponsive",
                                        log.read_text())]
 
@@ -416,9 +416,9 @@ def lost_lines(log: Path) -> list[int]:
 def check(url: str, fleet: Fleet, faults: list[Fault]) -> tuple[list[tuple[str, bool, str]], dict]:
     from optuna.trial import TrialState
 
-    from tuner.objective import lineage_number
-    from tuner.storage import make_storage
-    from tuner.study import load_config
+    from tuner.fleet.lineage import lineage_number
+    from tuner.store.storage import make_storage
+    from tuner.fleet.study import load_config
 
     storage = make_storage(url)
     try:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))  # bench/memory.py
 
 
 def task_for(args, resident_gb: float):
-    from tuner.config import TaskSection
+    from tuner.spec.config import TaskSection
 
     return TaskSection(dataset="imagefolder", data_dir=args.data_dir, image_size=args.image_size,
                        batch_size=128, resident_memory_gb=resident_gb)
@@ -40,9 +40,9 @@ def child(args) -> None:
     from memory import PeakRss  # bench/memory.py
 
     from tuner.data.loader import open_batches
-    from tuner.models import build_cnn
-    from tuner.space import HParams
-    from tuner.train import FitConfig, fit
+    from tuner.engine.models import build_cnn
+    from tuner.spec.space import HParams
+    from tuner.engine.train import FitConfig, fit
 
     torch.set_num_threads(os.cpu_count() or 1)
     with PeakRss() as peak:

@@ -22,11 +22,11 @@ os.environ.setdefault("TUNER_DATA_CACHE", tempfile.mkdtemp(prefix="tuner-bench-d
 
 import torch  # noqa: E402
 
-from tuner.config import TaskSection  # noqa: E402
+from tuner.spec.config import TaskSection  # noqa: E402
 from tuner.data.loader import open_batches  # noqa: E402
-from tuner.models import build_cnn  # noqa: E402
-from tuner.space import HParams  # noqa: E402
-from tuner.train import FitConfig, fit  # noqa: E402
+from tuner.engine.models import build_cnn  # noqa: E402
+from tuner.spec.space import HParams  # noqa: E402
+from tuner.engine.train import FitConfig, fit  # noqa: E402
 
 STUDENTS = [(3, 2, 5), (2, 2, 8), (8, 2, 10), (6, 2, 15)]  # (width, depth, epochs)
 MIXES = [(0.0, 4.0), (0.5, 4.0), (0.9, 4.0)]  # (distill_alpha, distill_temperature)

@@ -6,7 +6,7 @@ val_accuracy to bench/curves/digits_cnn.json. `run` then serves studies through 
 ask, TPE, heartbeat, tell) with an objective that replays, epoch by epoch, the recorded curve of the config
 nearest to the sampled params (distance in a normalised space: log lr, log width, depth, dropout,
 log weight_decay, each scaled to [0, 1] by the space's bounds), reporting each epoch with trial.report and
-stopping on trial.should_prune() exactly as tuner/objective.py run_trial does. It is a nearest-neighbour
+stopping on trial.should_prune() exactly as tuner/engine/objective.py run_trial does. It is a nearest-neighbour
 surrogate of recorded real curves: no training happens in `run`, so every pruner sees the same real curves, and
 a 100-trial study costs ~10 s of Optuna's storage and TPE instead of the ~3 min its training would.
 
@@ -113,13 +113,13 @@ def record(args) -> None:
     import optuna
     import torch
 
-    from tuner.config import parse_config
+    from tuner.spec.config import parse_config
     from tuner.data.loader import open_batches
-    from tuner.device import resolve_precision
+    from tuner.engine.device import resolve_precision
     from tuner.errors import TrialFailed
-    from tuner.models import build_model
-    from tuner.space import suggest_hparams
-    from tuner.train import FitConfig, fit
+    from tuner.engine.models import build_model
+    from tuner.spec.space import suggest_hparams
+    from tuner.engine.train import FitConfig, fit
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     raw = digits_study()
@@ -169,7 +169,7 @@ def record(args) -> None:
             "command": command_line(),
             "machine": machine(),
             "torch": torch.__version__, "optuna": optuna.__version__, "torch_threads": torch.get_num_threads(),
-            "sampling": f"optuna RandomSampler(seed={args.seed}) + tuner.space.suggest_hparams on the study's space",
+            "sampling": f"optuna RandomSampler(seed={args.seed}) + tuner.spec.space.suggest_hparams on the study's space",
             "training_seed": "study.seed + config index (as run_trial seeds trial number i)",
             "seconds": round(seconds, 1),
             "train_images": data.num_train,
@@ -228,8 +228,8 @@ def make_objective_factory(surrogate: Surrogate):
     import optuna
 
     from tuner.errors import Interrupted
-    from tuner.objective import EpochEvent
-    from tuner.space import suggest_hparams
+    from tuner.engine.objective import EpochEvent
+    from tuner.spec.space import suggest_hparams
 
     def make_objective(config):
         metric = config.study.metric
@@ -270,10 +270,10 @@ def run_study(url: str, name: str, raw: dict, make_objective, surrogate: Surroga
     """Launch the study, serve it to its end with one in-process Worker, and read back its trials."""
     import optuna
 
-    from tuner.config import parse_config
-    from tuner.storage import make_storage
-    from tuner.study import launch_study
-    from tuner.worker import Worker
+    from tuner.spec.config import parse_config
+    from tuner.store.storage import make_storage
+    from tuner.fleet.study import launch_study
+    from tuner.fleet.worker import Worker
 
     config = parse_config(raw, "bench")
     storage = make_storage(url)

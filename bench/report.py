@@ -91,9 +91,9 @@ def _frozen(state: TrialState, value: float | None, params: dict, dists: dict, c
 
 
 def make_study(url: str, name: str, n: int) -> None:
-    from tuner.config import load_config
-    from tuner.storage import make_storage
-    from tuner.study import launch_study
+    from tuner.spec.config import load_config
+    from tuner.store.storage import make_storage
+    from tuner.fleet.study import launch_study
 
     config = load_config(REPO / "studies" / "digits.toml", name=name)
     config = dataclasses.replace(config, study=dataclasses.replace(config.study, n_trials=n))
@@ -110,8 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    from tuner.report import build_report
-    from tuner.storage import make_storage
+    from tuner.report.build import build_report
+    from tuner.store.storage import make_storage
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="tuner-bench-report-"))
     work.mkdir(parents=True, exist_ok=True)

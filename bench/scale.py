@@ -57,8 +57,8 @@ def child(url: str, study: str, out: Path, retry_seconds: float) -> int:
     import logging
     import random
 
-    from tuner.space import suggest_hparams
-    from tuner.worker import Worker
+    from tuner.spec.space import suggest_hparams
+    from tuner.fleet.worker import Worker
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
     import warnings
@@ -94,7 +94,7 @@ def child(url: str, study: str, out: Path, retry_seconds: float) -> int:
 
 def spawn(url: str, study: str, workers: int, folder: Path, retry_seconds: float) -> None:
     """Fork `workers` children from this process, which imports tuner once first; wait for all of them."""
-    import tuner.worker  # noqa: F401 (imported before forking: the children share these pages)
+    import tuner.fleet.worker  # noqa: F401 (imported before forking: the children share these pages)
 
     gc.freeze()  # objects made so far stay out of the children's collections: their pages stay shared
     pids = []
@@ -120,9 +120,9 @@ def run_one(url: str, workers: int, trials: int, count_connections, retry_second
 
     import optuna
 
-    from tuner.config import parse_config
-    from tuner.storage import make_storage
-    from tuner.study import launch_study
+    from tuner.spec.config import parse_config
+    from tuner.store.storage import make_storage
+    from tuner.fleet.study import launch_study
 
     name = f"scale-{workers}-{uuid.uuid4().hex[:6]}"
     config = parse_config(tomllib.loads(STUDY.format(name=name, trials=trials)), "bench")
@@ -177,9 +177,9 @@ def profile(url: str, trials: int) -> None:
     import pstats
     import tomllib
 
-    from tuner.config import parse_config
-    from tuner.storage import make_storage
-    from tuner.study import launch_study
+    from tuner.spec.config import parse_config
+    from tuner.store.storage import make_storage
+    from tuner.fleet.study import launch_study
 
     name = f"profile-{uuid.uuid4().hex[:6]}"
     launch_study(make_storage(url), parse_config(tomllib.loads(STUDY.format(name=name, trials=trials)), "bench"))

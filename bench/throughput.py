@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 
 def task_for(args):
-    from tuner.config import TaskSection
+    from tuner.spec.config import TaskSection
 
     if args.data_dir:
         return TaskSection(dataset="imagefolder", data_dir=args.data_dir, image_size=args.image_size,
@@ -48,8 +48,8 @@ def task_for(args):
 def build(args, image_shape, num_classes, device):
     import torch
 
-    from tuner.models import build_model
-    from tuner.space import HParams
+    from tuner.engine.models import build_model
+    from tuner.spec.space import HParams
 
     torch.manual_seed(0)
     hp = HParams(lr=1e-3, width=args.width, depth=args.depth, dropout=0.0, weight_decay=0.0, optimizer="adamw")
@@ -106,8 +106,8 @@ def tuner_fit(args, device, data) -> tuple[int, float, float]:
     """tuner's path: fit() as a trial runs it; returns (images trained in the timed epochs, start, end)."""
     import torch
 
-    from tuner.device import resolve_precision, setup_device
-    from tuner.train import FitConfig, fit
+    from tuner.engine.device import resolve_precision, setup_device
+    from tuner.engine.train import FitConfig, fit
 
     setup_device(device)
     model = build(args, data.image_shape, data.num_classes, device)

@@ -233,7 +233,7 @@ class BudgetLockHold:
     and every reaper takes before it fails stale trials), so a test can line workers up behind it."""
 
     def __init__(self, url: str, name: str):
-        from tuner.budget import LOCK_CLASS
+        from tuner.store.budget import LOCK_CLASS
 
         self.key = {"c": LOCK_CLASS, "s": study_id_of(url, name)}
         self.engine = sqlalchemy.create_engine(url)
@@ -261,7 +261,7 @@ class BudgetLockHold:
 
 
 def checkpoint_dir(url: str, name: str) -> Path:
-    """The study's checkpoint folder as stored at launch: ROOT/<study uuid> (see tuner/place.py)."""
+    """The study's checkpoint folder as stored at launch: ROOT/<study uuid> (see tuner/store/place.py)."""
     import optuna
 
     storage = optuna.storages.RDBStorage(url)

@@ -9,7 +9,7 @@ import signal
 import optuna
 
 from conftest import load
-from tuner.config import load_config
+from tuner.spec.config import load_config
 
 
 def serve_in_process(url: str, tmp_path, monkeypatch, text: str, during=contextlib.nullcontext) -> optuna.Study:
@@ -17,10 +17,10 @@ def serve_in_process(url: str, tmp_path, monkeypatch, text: str, during=contextl
     its budget is spent; `during()` is a context manager around the worker's run only (not the launch)."""
     import torch
 
-    from tuner.objective import make_objective
-    from tuner.storage import make_storage
-    from tuner.study import launch_study
-    from tuner.worker import Worker
+    from tuner.engine.objective import make_objective
+    from tuner.store.storage import make_storage
+    from tuner.fleet.study import launch_study
+    from tuner.fleet.worker import Worker
 
     monkeypatch.setenv("TUNER_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
     tmp_path.mkdir(parents=True, exist_ok=True)

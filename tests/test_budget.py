@@ -6,13 +6,13 @@ import subprocess
 import sys
 import time
 
-from tuner.budget import HOLDER_IDLE_LIMIT_MS, budget_lock
-from tuner.storage import make_storage
+from tuner.store.budget import HOLDER_IDLE_LIMIT_MS, budget_lock
+from tuner.store.storage import make_storage
 
 FREEZE_INSIDE_THE_LOCK = """
 import os, signal, sys
-from tuner.budget import budget_lock
-from tuner.storage import make_storage
+from tuner.store.budget import budget_lock
+from tuner.store.storage import make_storage
 storage = make_storage(sys.argv[1])
 with budget_lock(storage, 1):
     print("locked", flush=True)

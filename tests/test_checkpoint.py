@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from conftest import checkpoint_dir, study_file, tuner, tuner_env
 from test_reliability import FAST_RECOVERY, LONG_TRIAL, interrupt_at_epoch, retries_of, trials
-from tuner.checkpoint import CheckpointDir
+from tuner.store.checkpoint import CheckpointDir
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_then_to_none(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import load_config, parse_config
+from tuner.spec.config import load_config, parse_config
 from tuner.errors import TunerError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from conftest import load, start_worker, study_file, study_id_of, tuner, tuner_env, wait_all
-from tuner.storage import MAX_OVERFLOW, POOL_SIZE
+from tuner.store.storage import MAX_OVERFLOW, POOL_SIZE
 
 FAST = "heartbeat_interval = 1\ngrace_period = 8\nreaper_period = 1"
 

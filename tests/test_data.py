@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, study_file, tuner, tuner_env
-from tuner.config import TaskSection, parse_config
+from tuner.spec.config import TaskSection, parse_config
 from tuner.data.cache import prepare
 from tuner.data.loader import open_batches
 
@@ -116,7 +116,7 @@ PREPARE_TOGETHER = textwrap.dedent("""\
     import json, logging, os, sys, time
     from pathlib import Path
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    from tuner.config import TaskSection
+    from tuner.spec.config import TaskSection
     from tuner.data.cache import prepare
     start = Path(sys.argv[1])
     while not start.exists():  # all four wait here, then ask for the cache at once
@@ -143,11 +143,11 @@ def test_four_processes_started_together_prepare_one_cache_once(cache, tmp_path)
 TRAIN_STREAMED = textwrap.dedent("""\
     import json, sys, threading, time
     import torch
-    from tuner.config import TaskSection
+    from tuner.spec.config import TaskSection
     from tuner.data.loader import open_batches
-    from tuner.models import build_cnn
-    from tuner.space import HParams
-    from tuner.train import FitConfig, fit
+    from tuner.engine.models import build_cnn
+    from tuner.spec.space import HParams
+    from tuner.engine.train import FitConfig, fit
 
     def rss_anon_kb():
         status = open("/proc/self/status").read()
@@ -212,7 +212,7 @@ def test_an_imagefolder_study_scores_its_test_split_and_its_export_predicts_raw_
     and shown by `tuner best`; the exported file alone turns the raw validation PNGs into the stored accuracy."""
     from sklearn.datasets import load_digits
 
-    from tuner.export import load_exported
+    from tuner.engine.export import load_exported
 
     digits = load_digits()
     root = tmp_path / "photos"

@@ -18,7 +18,7 @@ from optuna.storages._rdb import storage as rdb_storage
 from optuna.trial import TrialState
 
 from inprocess import serve_in_process
-from tuner.storage import RETRIED_METHODS
+from tuner.store.storage import RETRIED_METHODS
 
 STUDY = """\
 [study]
@@ -107,7 +107,7 @@ def test_a_connection_error_in_each_storage_method_in_turn_costs_nothing(pg_url,
 
 @pytest.mark.parametrize("method", ["_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id"])
 def test_the_private_methods_are_retried_by_the_storage_itself(method):
-    from tuner.storage import ResilientRDBStorage
+    from tuner.store.storage import ResilientRDBStorage
 
     assert getattr(ResilientRDBStorage, method) is not getattr(rdb_storage.RDBStorage, method)
     assert getattr(ResilientRDBStorage, method).__wrapped__ is getattr(rdb_storage.RDBStorage, method)

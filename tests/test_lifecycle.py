@@ -18,10 +18,10 @@ from conftest import checkpoint_dir, load, start_worker, study_file, tuner, tune
 from test_cli import assert_one_line_error, count_studies
 from test_models import write_digit_folder
 from test_reliability import FAST_RECOVERY, assert_clean_logs, long_study, trials, wait_for
-from tuner.config import TaskSection, load_config
+from tuner.spec.config import TaskSection, load_config
 from tuner.errors import TunerError
-from tuner.preflight import check_task_paths
-from tuner.retention import TrialRow, doomed_lineages
+from tuner.spec.preflight import check_task_paths
+from tuner.fleet.retention import TrialRow, doomed_lineages
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -145,7 +145,7 @@ def test_extending_a_finished_study_lets_three_workers_finish_exactly_the_new_to
 
 
 def test_an_extension_made_while_workers_run_is_picked_up_without_restarting_them(pg_url, tmp_path):
-    from tuner.lifecycle import extend_study
+    from tuner.fleet.lifecycle import extend_study
 
     path = long_study(tmp_path, "live", n_trials=3, epochs=4)
     env = tuner_env(pg_url, tmp_path)
@@ -235,7 +235,7 @@ def test_a_study_with_no_finished_trial_takes_a_changed_config(pg_url, tmp_path)
     assert attrs["tuner_config"]["task"]["data_dir"] == str(b)
     assert [e["event"] for e in attrs["tuner_history"]] == ["replace"]
     # Optuna fixes a study's direction at creation: that change is refused even here
-    from tuner.study import launch_study
+    from tuner.fleet.study import launch_study
 
     flipped = study_file(tmp_path, "moved", extra='metric = "val_loss"\ndirection = "minimize"')
     storage = optuna.storages.RDBStorage(pg_url)

@@ -13,12 +13,12 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from conftest import study_file, tuner, tuner_env
-from tuner.config import TaskSection
+from tuner.spec.config import TaskSection
 from tuner.data.cache import prepare
 from tuner.data.loader import open_batches
 from tuner.errors import TunerError
-from tuner.models import build_model, count_parameters
-from tuner.space import HParams
+from tuner.engine.models import build_model, count_parameters
+from tuner.spec.space import HParams
 
 HP = HParams(lr=0.01, width=16, depth=1, dropout=0.1, weight_decay=0.0, optimizer="adamw")
 
@@ -119,8 +119,8 @@ def test_fine_tuning_a_backbone_from_a_local_weights_file_on_an_imagefolder(pg_u
 
 
 def test_export_writes_weights_that_reproduce_the_reported_accuracy(pg_url, tmp_path):
-    from tuner.export import load_exported
-    from tuner.train import evaluate
+    from tuner.engine.export import load_exported
+    from tuner.engine.train import evaluate
 
     env = tuner_env(pg_url, tmp_path)
     path = study_file(tmp_path, "exp", n_trials=3, epochs=2)

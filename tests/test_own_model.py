@@ -60,9 +60,9 @@ def test_a_wrong_plugin_is_one_line_at_launch_and_nothing_is_stored(pg_url, tmp_
 
 
 def test_pruning_half_the_weights_halves_them_and_reports_the_pruned_models_accuracy(pg_url, tmp_path):
-    from tuner.export import load_exported
-    from tuner.models import count_nonzero
-    from tuner.train import _prunable
+    from tuner.engine.export import load_exported
+    from tuner.engine.models import count_nonzero
+    from tuner.engine.train import _prunable
 
     space = "lr = 0.01\nwidth = 16\ndepth = 2\nprune_amount = 0.5\n"
     path = study_file(tmp_path, "pruned", n_trials=1, epochs=4, space=space, pruner='type = "none"')
@@ -94,7 +94,7 @@ def test_a_student_that_never_sees_a_label_learns_the_task_from_its_teacher(pg_u
     assert tuner("export", "--study", "teacher", "--out", str(tmp_path / "teacher.pt"), env=env).returncode == 0
     assert load(pg_url, "teacher").best_value > 0.9
     from tuner.errors import TunerError
-    from tuner.teacher import load_teacher
+    from tuner.engine.teacher import load_teacher
 
     with pytest.raises(TunerError, match="predicts the classes 10: 0, 1, 2, 3, 4, ..., the study's data has 3"):
         load_teacher(str(tmp_path / "teacher.pt"), {"classes": ["a", "b", "c"], "preprocessing": {}},
@@ -110,7 +110,7 @@ def test_a_student_that_never_sees_a_label_learns_the_task_from_its_teacher(pg_u
 
 
 def test_distillation_needs_a_teacher_and_the_knobs_have_bounds(tmp_path):
-    from tuner.config import load_config
+    from tuner.spec.config import load_config
     from tuner.errors import TunerError
 
     for space, message in (("distill_alpha = 0.5\n", "space.distill_alpha needs a teacher"),
@@ -123,7 +123,7 @@ def test_distillation_needs_a_teacher_and_the_knobs_have_bounds(tmp_path):
         with pytest.raises(TunerError, match=message):
             load_config(study_file(tmp_path, "k", space="lr = 0.01\n" + space))
     with pytest.raises(TunerError, match="task.teacher"):
-        from tuner.teacher import load_teacher
+        from tuner.engine.teacher import load_teacher
 
         (tmp_path / "not-a-model.pt").write_bytes(b"nope")
         load_teacher(str(tmp_path / "not-a-model.pt"), {"classes": [], "preprocessing": {}}, torch.device("cpu"),

@@ -171,8 +171,8 @@ def test_the_cli_the_dashboard_and_the_budget_lock_leave_no_session_state_on_poo
     # Two server connections for everyone: whatever a command leaves on its server session, the next client
     # gets. Two, not one: Optuna's first open of an empty database keeps a transaction open on one connection
     # (alembic's revision check) while it reads the version table on a second.
-    from tuner.budget import budget_lock
-    from tuner.storage import make_storage
+    from tuner.store.budget import budget_lock
+    from tuner.store.storage import make_storage
 
     with pgbouncer(create_database(*pg_server), default_pool_size=2) as bouncer:
         url = bouncer.url()
@@ -216,11 +216,11 @@ def _get(url: str) -> str | None:
 
 # A worker waiting for the budget lock (a blocking pg_advisory_xact_lock) holds a server connection while it waits.
 # If the holder needed another connection for its own queries, waiters filling the pool would starve it until
-# PostgreSQL ended its idle session and gave the lock away; tuner.budget runs the holder's whole section on the
+# PostgreSQL ended its idle session and gave the lock away; tuner.store.budget runs the holder's whole section on the
 # lock's own connection instead. (This test failed before that change.)
 def test_the_budget_lock_stays_held_while_its_holder_queries_when_waiters_fill_the_pool(pg_server):
-    from tuner.budget import LOCK_CLASS, budget_lock, trial_counts
-    from tuner.storage import make_storage
+    from tuner.store.budget import LOCK_CLASS, budget_lock, trial_counts
+    from tuner.store.storage import make_storage
 
     admin_url, user_url = pg_server
     direct_url = create_database(admin_url, user_url)

@@ -153,8 +153,8 @@ def test_status_watch_refreshes_until_ctrl_c_and_exits_0(pg_url, tmp_path):
 
 
 def test_the_snapshot_counts_trials_and_shows_each_running_trials_epoch(pg_url, tmp_path):
-    from tuner.progress import ProgressWatch
-    from tuner.storage import make_storage
+    from tuner.fleet.progress import ProgressWatch
+    from tuner.store.storage import make_storage
 
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(study_file(tmp_path, "snap", n_trials=5, epochs=4)), env=env).returncode == 0

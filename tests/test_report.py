@@ -220,10 +220,10 @@ def test_a_retry_chain_counts_its_epochs_once_and_failed_attempts_stay_out_of_th
 
 
 def test_the_pareto_front_keeps_each_smallest_model_that_is_better_than_every_smaller_one():
-    from tuner.report.data import pareto_front
+    from tuner.report.data import size_front
 
     points = [(1000, 0.90), (2000, 0.85), (2000, 0.95), (500, 0.80), (4000, 0.95), (8000, 0.97)]
     trials = [_trial(i, TrialState.COMPLETE, [v], param_count=n) for i, (n, v) in enumerate(points)]
-    front = pareto_front(trials, maximize=True)
+    front = size_front(trials, maximize=True)
     assert [(p.param_count, p.value) for p in front] == [(500, 0.80), (1000, 0.90), (2000, 0.95), (8000, 0.97)]
-    assert [(p.param_count, p.value) for p in pareto_front(trials, maximize=False)] == [(500, 0.80)]
+    assert [(p.param_count, p.value) for p in size_front(trials, maximize=False)] == [(500, 0.80)]

@@ -13,9 +13,9 @@ from optuna.trial import TrialState
 
 from conftest import BudgetLockHold, load, start_worker, tuner, tuner_env, wait_all
 from inprocess import serve_in_process
-from tuner.config import load_config, parse_config
+from tuner.spec.config import load_config, parse_config
 from tuner.errors import TunerError
-from tuner.search import PRUNERS, make_pruner
+from tuner.spec.search import PRUNERS, make_pruner
 
 SPACE = """\
 lr = { low = 1e-3, high = 1e-1, log = true }
@@ -126,7 +126,7 @@ def test_a_sampler_that_cannot_search_the_study_is_one_line(tmp_path, study, spa
 
 
 def test_default_warmup_is_a_share_of_the_epochs(tmp_path):
-    from tuner.search import default_warmup
+    from tuner.spec.search import default_warmup
 
     for epochs in (1, 4, 10, 52):
         path = tmp_path / f"w{epochs}.toml"
@@ -243,8 +243,8 @@ def test_two_one_worker_runs_of_the_same_file_and_seed_propose_the_same_trials(p
     assert [t.params for t in first] == [t.params for t in second]
     assert len({json.dumps(t.params, sort_keys=True) for t in first}) == 13
     # a second worker of the same study gets its own, different seed (not the same proposals twice)
-    from tuner.config import load_config as read
-    from tuner.worker import sampler_seed
+    from tuner.spec.config import load_config as read
+    from tuner.fleet.worker import sampler_seed
 
     config = read(path)
     assert sampler_seed(config, 0) == config.study.seed and sampler_seed(config, 1) != sampler_seed(config, 0)
@@ -286,9 +286,9 @@ def test_max_epochs_is_exact_across_three_workers_and_pruning_buys_more_trials(p
 
 
 def test_the_more_knobs_are_searched_and_reach_training(pg_url, tmp_path, monkeypatch):
-    from tuner.objective import batch_and_lr
-    from tuner.space import HParams
-    from tuner.train import FitConfig, _make_scheduler
+    from tuner.engine.objective import batch_and_lr
+    from tuner.spec.space import HParams
+    from tuner.engine.train import FitConfig, _make_scheduler
 
     space = SPACE + textwrap.dedent("""\
         batch_size = { choices = [32, 128] }
@@ -324,8 +324,8 @@ def test_the_more_knobs_are_searched_and_reach_training(pg_url, tmp_path, monkey
 
 
 def test_max_gpu_hours_ends_the_study_once_the_trials_device_time_reaches_it(pg_url, tmp_path, monkeypatch):
-    from tuner.compute import spent
-    from tuner.storage import make_storage
+    from tuner.fleet.compute import spent
+    from tuner.store.storage import make_storage
 
     budget_h = 2 / 3600  # two seconds of training in all
     text = digits_study("hours", n_trials=0, epochs=3, study=f"max_gpu_hours = {budget_h}",

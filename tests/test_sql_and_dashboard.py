@@ -96,8 +96,8 @@ def test_the_dashboard_shows_tuner_studies_on_loopback_without_the_password(pg_u
 
 
 def test_the_study_file_written_back_as_toml_reads_as_the_same_config(tmp_path):
-    from tuner.config import load_config, parse_config
-    from tuner.toml_dump import dump_toml
+    from tuner.spec.config import load_config, parse_config
+    from tuner.spec.toml_dump import dump_toml
 
     shipped = sorted((REPO / "studies").glob("*.toml"))
     assert shipped
@@ -109,7 +109,7 @@ def test_the_study_file_written_back_as_toml_reads_as_the_same_config(tmp_path):
 
 
 def test_toml_strings_keep_quotes_backslashes_and_control_characters():
-    from tuner.toml_dump import dump_toml
+    from tuner.spec.toml_dump import dump_toml
 
     data = {"task": {"data_dir": 'C:\\data\\"x"\tä\x7f\x01', "odd key": [1, 2.5, True, "a"], "inline": {}}}
     assert tomllib.loads(dump_toml(data)) == data

@@ -74,11 +74,11 @@ def test_a_pruned_trial_stopped_early_by_the_median_rule(pg_url, tmp_path):
 def test_training_is_deterministic_for_a_trial_seed_on_cpu():
     import torch
 
-    from tuner.config import TaskSection
+    from tuner.spec.config import TaskSection
     from tuner.data.loader import open_batches
-    from tuner.models import build_cnn
-    from tuner.space import HParams
-    from tuner.train import FitConfig, fit
+    from tuner.engine.models import build_cnn
+    from tuner.spec.space import HParams
+    from tuner.engine.train import FitConfig, fit
 
     data = open_batches(TaskSection(epochs=2, augment="crop"), torch.device("cpu"))
     hp = HParams(lr=0.01, width=8, depth=2, dropout=0.2, weight_decay=1e-4, optimizer="adamw")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tuner.config import TaskSection
+from tuner.spec.config import TaskSection
 from tuner.data.sources import Source, fingerprint, open_source
 
 FORMAT = 1  # bump when the layout changes: old caches are then simply not found

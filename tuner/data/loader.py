@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuner.config import TaskSection
+from tuner.spec.config import TaskSection
 from tuner.data.augment import Augment
 from tuner.data.cache import Prepared, prepare
 

@@ -24,18 +24,18 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from tuner.config import TaskSection
+from tuner.spec.config import TaskSection
 from tuner.errors import TunerError
-from tuner.plugins import is_plugin, load_plugin
+from tuner.spec.plugins import is_plugin, load_plugin
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-SMALL_IMAGE = 64  # px: at or below this, augmentation pads and crops; above, it takes random resized crops
+PAD_CROP_MAX_PX = 64  # px: at or below this, augmentation pads and crops; above, it takes random resized crops
 LARGE_IMAGE_MARGIN = 8 / 7  # stored size of large images: 256 px for a 224 px training size, as ImageNet does
 
 
 def stored_size(train_size: int) -> int:
     """The side the cache stores: the training size, plus a crop margin for large images."""
-    return train_size if train_size <= SMALL_IMAGE else round(train_size * LARGE_IMAGE_MARGIN)
+    return train_size if train_size <= PAD_CROP_MAX_PX else round(train_size * LARGE_IMAGE_MARGIN)
 
 
 @dataclass
@@ -220,7 +220,7 @@ CIFAR_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"
 
 
 def _own(task: TaskSection) -> Source:
-    """A dataset of the user's own: `load(task)` returns uint8 arrays (see tuner/plugins.py)."""
+    """A dataset of the user's own: `load(task)` returns uint8 arrays (see tuner/spec/plugins.py)."""
     where = f"task.dataset {task.dataset!r}"
     try:
         loaded = load_plugin(task.dataset, "dataset")(task)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import StudyConfig
-from tuner.study import load_config
+from tuner.spec.config import StudyConfig
+from tuner.fleet.study import load_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")  # the order the report lists them in
@@ -68,7 +68,7 @@ class Curve:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class ReportSnapshot:
     name: str
     config: StudyConfig
     trials: list[FrozenTrial]  # every trial, by number
@@ -90,7 +90,7 @@ class Snapshot:
 
     def budget(self) -> list[tuple[float, str]]:
         """Each budget the study has: (share spent, "12/20 trials"), from the trials' own records."""
-        from tuner.compute import EPOCHS_ATTR, SECONDS_ATTR, Spent, budget_parts
+        from tuner.fleet.compute import EPOCHS_ATTR, SECONDS_ATTR, Spent, budget_parts
 
         used = Spent(sum(t.user_attrs.get(EPOCHS_ATTR, 0) for t in self.trials),
                      sum(t.user_attrs.get(SECONDS_ATTR, 0.0) for t in self.trials))
@@ -150,7 +150,7 @@ def _seconds_per_epoch(trial: FrozenTrial) -> float | None:
     return wall / epochs if wall is not None and epochs else None
 
 
-def take_snapshot(storage: optuna.storages.BaseStorage, name: str) -> Snapshot:
+def take_snapshot(storage: optuna.storages.BaseStorage, name: str) -> ReportSnapshot:
     """Read the study once (a TunerError if it does not exist or is not tuner's)."""
     config = load_config(storage, name)
     study_id = storage.get_study_id_from_name(name)
@@ -158,7 +158,7 @@ def take_snapshot(storage: optuna.storages.BaseStorage, name: str) -> Snapshot:
     trials = sorted(storage.get_all_trials(study_id, deepcopy=False), key=lambda t: t.number)
     memory = optuna.create_study(study_name=name, direction=config.study.direction, storage=_ReadOnlyMemory())
     memory.add_trials([_bare(t) for t in trials])
-    return Snapshot(name=name, config=config, trials=trials, taken_at=taken_at, study=memory)
+    return ReportSnapshot(name=name, config=config, trials=trials, taken_at=taken_at, study=memory)
 
 
 def own_epochs(trial: FrozenTrial) -> int:
@@ -193,7 +193,7 @@ def pruning_savings(trials: list[FrozenTrial], epochs_per_trial: int) -> Savings
                    seconds_trained=trained if known else None, seconds_without_pruning=without if known else None)
 
 
-def pareto_front(trials: list[FrozenTrial], maximize: bool) -> list[ParetoPoint]:
+def size_front(trials: list[FrozenTrial], maximize: bool) -> list[ParetoPoint]:
     """COMPLETE trials that no other beats on both value and parameter count, smallest model first."""
     points = [ParetoPoint(t.number, t.user_attrs["param_count"], t.value) for t in trials
               if t.state == TrialState.COMPLETE and t.user_attrs.get("param_count") is not None]
@@ -226,7 +226,7 @@ def failures(trials: list[FrozenTrial]) -> dict[str, list[int]]:
     return dict(sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 
 
-def study_seconds(snapshot: Snapshot) -> float | None:
+def study_seconds(snapshot: ReportSnapshot) -> float | None:
     """From the first trial's start to the last one's end (to now, while trials run)."""
     starts = [t.datetime_start for t in snapshot.trials if t.datetime_start is not None]
     if not starts:

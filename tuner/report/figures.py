@@ -7,7 +7,7 @@ import optuna.visualization as ov
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tuner.report.data import Curve, Snapshot, learning_curves, pareto_front, pruning_savings
+from tuner.report.data import Curve, ReportSnapshot, learning_curves, size_front, pruning_savings
 from tuner.report.plan import KnownImportances
 
 # colours shared with the matplotlib versions (png.py)
@@ -26,7 +26,7 @@ def _joined(curves: list[Curve]) -> tuple[list, list, list]:
     return xs, ys, texts
 
 
-def learning_curves_figure(snapshot: Snapshot) -> go.Figure:
+def learning_curves_figure(snapshot: ReportSnapshot) -> go.Figure:
     curves = learning_curves(snapshot.trials)
     best = snapshot.best
     fig = go.Figure()
@@ -54,9 +54,9 @@ def learning_curves_figure(snapshot: Snapshot) -> go.Figure:
     return fig
 
 
-def size_figure(snapshot: Snapshot) -> go.Figure:
+def size_figure(snapshot: ReportSnapshot) -> go.Figure:
     complete = [t for t in snapshot.complete if t.user_attrs.get("param_count") is not None]
-    front = pareto_front(complete, snapshot.maximize)
+    front = size_front(complete, snapshot.maximize)
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[t.user_attrs["param_count"] for t in complete], y=[t.value for t in complete], mode="markers",
@@ -72,7 +72,7 @@ def size_figure(snapshot: Snapshot) -> go.Figure:
     return fig
 
 
-def pruning_figure(snapshot: Snapshot) -> go.Figure:
+def pruning_figure(snapshot: ReportSnapshot) -> go.Figure:
     s = pruning_savings(snapshot.trials, snapshot.config.task.epochs)
     hours = s.seconds_trained is not None
     fig = make_subplots(rows=1, cols=2 if hours else 1,
@@ -88,7 +88,7 @@ def pruning_figure(snapshot: Snapshot) -> go.Figure:
     return fig
 
 
-def plotly_figure(key: str, snapshot: Snapshot, importances: dict[str, float] | None) -> go.Figure:
+def plotly_figure(key: str, snapshot: ReportSnapshot, importances: dict[str, float] | None) -> go.Figure:
     study, params = snapshot.study, snapshot.searched_params
     if key == "history":
         fig = ov.plot_optimization_history(study)

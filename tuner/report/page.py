@@ -11,7 +11,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.offline
 
-from tuner.report.data import (Savings, Snapshot, device_seconds, failures, pruning_savings,
+from tuner.report.data import (Savings, ReportSnapshot, device_seconds, failures, pruning_savings,
                                study_seconds)
 from tuner.report.plan import Plot
 
@@ -62,7 +62,7 @@ def _duration(seconds: float | None) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
-def _banner(snapshot: Snapshot) -> str:
+def _banner(snapshot: ReportSnapshot) -> str:
     c = snapshot.counts
     spent = html.escape(", ".join(text for _, text in snapshot.budget()))  # e.g. 12/20 trials, 40/100 epochs
     if snapshot.unfinished:
@@ -74,7 +74,7 @@ def _banner(snapshot: Snapshot) -> str:
     return f'<p id="finished">Finished: {len(snapshot.finished)} trials (budget spent {spent}).</p>'
 
 
-def _summary(snapshot: Snapshot) -> str:
+def _summary(snapshot: ReportSnapshot) -> str:
     counts = snapshot.counts
     parts = ["<h3>Trials by state</h3>",
              _table(list(counts) + ["retries"], [[str(v) for v in counts.values()] + [str(snapshot.retries)]])]
@@ -107,7 +107,7 @@ def _summary(snapshot: Snapshot) -> str:
     return "".join(parts)
 
 
-def _test_accuracy(snapshot: Snapshot, tested: list) -> str:
+def _test_accuracy(snapshot: ReportSnapshot, tested: list) -> str:
     sign = -1 if snapshot.maximize else 1
     top = sorted(tested, key=lambda t: (sign * t.value, t.number))[:10]
     rows = [[f"#{t.number}", f"{t.value:.4f}", f"{t.user_attrs['test_accuracy']:.4f}"] for t in top]
@@ -116,7 +116,7 @@ def _test_accuracy(snapshot: Snapshot, tested: list) -> str:
             + _table(["trial", snapshot.config.study.metric, "test accuracy"], rows))
 
 
-def _failures(snapshot: Snapshot) -> str:
+def _failures(snapshot: ReportSnapshot) -> str:
     by_reason = failures(snapshot.trials)
     head = (f'<h3 id="failures">Retries and failures</h3><p>{snapshot.counts["FAIL"]} FAIL trials, '
             f'{snapshot.retries} retries (a retry is a new trial with the same params, resumed from the '
@@ -156,7 +156,7 @@ def _plot_section(plot: Plot, fig: go.Figure | None, extra: str = "") -> str:
     return head + extra + body + "</section>"
 
 
-def render_page(snapshot: Snapshot, plots: list[tuple[Plot, go.Figure | None]]) -> str:
+def render_page(snapshot: ReportSnapshot, plots: list[tuple[Plot, go.Figure | None]]) -> str:
     """The whole page; plots are (plot, its figure or None when it is missing)."""
     title = f"tuner report: {snapshot.name}"
     savings = pruning_savings(snapshot.trials, snapshot.config.task.epochs)

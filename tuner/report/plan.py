@@ -9,7 +9,7 @@ import optuna
 from optuna.importance import BaseImportanceEvaluator
 from optuna.trial import FrozenTrial
 
-from tuner.report.data import Snapshot
+from tuner.report.data import ReportSnapshot
 
 # key (file name of the PNG, id in the page) -> title
 PLOT_TITLES = {
@@ -42,7 +42,7 @@ class KnownImportances(BaseImportanceEvaluator):
         return dict(self.importances)
 
 
-def param_importances(snapshot: Snapshot) -> dict[str, float] | None:
+def param_importances(snapshot: ReportSnapshot) -> dict[str, float] | None:
     """Optuna's default evaluator on the COMPLETE trials; None when they cannot tell anything apart."""
     params = snapshot.searched_params
     if len(snapshot.complete) < 2 or not params:
@@ -50,7 +50,7 @@ def param_importances(snapshot: Snapshot) -> dict[str, float] | None:
     return optuna.importance.get_param_importances(snapshot.study, params=params)
 
 
-def plan_plots(snapshot: Snapshot, importances: dict[str, float] | None) -> list[Plot]:
+def plan_plots(snapshot: ReportSnapshot, importances: dict[str, float] | None) -> list[Plot]:
     metric = snapshot.config.study.metric
     n_complete = len(snapshot.complete)
     none_complete = "no COMPLETE trial yet" if n_complete == 0 else None

@@ -16,7 +16,7 @@ import optuna.visualization.matplotlib as om  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tuner.report.data import Snapshot, learning_curves, pareto_front, pruning_savings  # noqa: E402
+from tuner.report.data import ReportSnapshot, learning_curves, size_front, pruning_savings  # noqa: E402
 from tuner.report.figures import (BEST_COLOR, COMPLETE_COLOR, PRUNED_COLOR, RUNNING_COLOR,  # noqa: E402
                                   WITH_PRUNING_COLOR, WITHOUT_PRUNING_COLOR)
 from tuner.report.plan import KnownImportances, Plot  # noqa: E402
@@ -31,7 +31,7 @@ def _figure_of(axes) -> Figure:
     return np.ravel(axes)[0].figure
 
 
-def learning_curves_png(snapshot: Snapshot) -> Figure:
+def learning_curves_png(snapshot: ReportSnapshot) -> Figure:
     curves = learning_curves(snapshot.trials)
     fig, ax = plt.subplots(figsize=SIZE)
     styles = {"COMPLETE": (COMPLETE_COLOR, "solid"), "RUNNING": (RUNNING_COLOR, "dotted"),
@@ -56,9 +56,9 @@ def learning_curves_png(snapshot: Snapshot) -> Figure:
     return fig
 
 
-def size_png(snapshot: Snapshot) -> Figure:
+def size_png(snapshot: ReportSnapshot) -> Figure:
     complete = [t for t in snapshot.complete if t.user_attrs.get("param_count") is not None]
-    front = pareto_front(complete, snapshot.maximize)
+    front = size_front(complete, snapshot.maximize)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.scatter([t.user_attrs["param_count"] for t in complete], [t.value for t in complete], color=COMPLETE_COLOR,
                alpha=0.5, label=f"COMPLETE trials ({len(complete)})")
@@ -70,7 +70,7 @@ def size_png(snapshot: Snapshot) -> Figure:
     return fig
 
 
-def pruning_png(snapshot: Snapshot) -> Figure:
+def pruning_png(snapshot: ReportSnapshot) -> Figure:
     s = pruning_savings(snapshot.trials, snapshot.config.task.epochs)
     hours = s.seconds_trained is not None
     fig, axes = plt.subplots(1, 2 if hours else 1, figsize=SIZE, squeeze=False)
@@ -85,7 +85,7 @@ def pruning_png(snapshot: Snapshot) -> Figure:
     return fig
 
 
-def _figure(key: str, snapshot: Snapshot, importances: dict[str, float] | None) -> Figure:
+def _figure(key: str, snapshot: ReportSnapshot, importances: dict[str, float] | None) -> Figure:
     study, params = snapshot.study, snapshot.searched_params
     if key == "history":
         return _figure_of(om.plot_optimization_history(study))
@@ -104,7 +104,7 @@ def _figure(key: str, snapshot: Snapshot, importances: dict[str, float] | None) 
     raise ValueError(f"unknown plot {key!r}")
 
 
-def write_pngs(snapshot: Snapshot, plots: list[Plot], importances: dict[str, float] | None,
+def write_pngs(snapshot: ReportSnapshot, plots: list[Plot], importances: dict[str, float] | None,
                out_dir: Path) -> list[Path]:
     """One PNG per plot that has something to draw, named after its key; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,13 @@ import torch
 from optuna.trial import TrialState
 
 from tuner.data.loader import open_batches
-from tuner.device import resolve_precision
+from tuner.engine.device import resolve_precision
 from tuner.errors import TunerError
-from tuner.models import build_model
-from tuner.objective import lineage_number
-from tuner.space import hparams_from_params
-from tuner.study import checkpoint_place, load_config
-from tuner.train import evaluate
+from tuner.engine.models import build_model
+from tuner.fleet.lineage import lineage_number
+from tuner.spec.space import hparams_from_params
+from tuner.fleet.study import checkpoint_place, load_config
+from tuner.engine.train import evaluate
 
 _log = logging.getLogger(__name__)
 

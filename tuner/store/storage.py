@@ -1,6 +1,6 @@
 """Storage URL -> Optuna RDBStorage. The only place with engine settings.
 
-The URL's text (precedence, normalising, redaction) is tuner.urls; its names are re-exported here.
+The URL's text (precedence, normalising, redaction) is tuner.store.urls; its names are re-exported here.
 The URL's password is never printed: every message uses ``redact(url)`` and ``scrub(text, url)``.
 """
 
@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy
 
-from tuner.budget import holds_budget_lock
+from tuner.store.budget import holds_budget_lock
 from tuner.errors import TunerError
-from tuner.urls import (  # noqa: F401 (re-exported: callers import URL helpers from here too)
+from tuner.store.urls import (  # noqa: F401 (re-exported: callers import URL helpers from here too)
     DEFAULT_STORAGE,
     PG_DRIVER,
     is_sqlite,
@@ -32,11 +32,11 @@ from tuner.urls import (  # noqa: F401 (re-exported: callers import URL helpers 
     scrub,
     shown_url,
     sqlite_path,
-    worker_command,
+    worker_hint,
 )
 
 # A worker keeps ONE connection open (its pool's); the main loop, the heartbeat and reaper threads and the budget
-# lock's transaction (which runs its whole section on that one connection, tuner.budget) take it in turn. When two
+# lock's transaction (which runs its whole section on that one connection, tuner.store.budget) take it in turn. When two
 # need one at the same moment (a heartbeat, or the reaper's lease, while the main loop is in a transaction or
 # queueing for the lock), an extra one is opened: up to 1 + MAX_OVERFLOW. So N workers hold about N connections
 # (2 each while they queue for the budget lock), not 4 N.

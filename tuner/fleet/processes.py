@@ -25,7 +25,7 @@ RESTARTS = 3  # replacements per slot for children killed by a signal we did not
 _log = logging.getLogger(__name__)
 
 
-def worker_command(study: str | None, device_args: Sequence[str], *, threads: int | None = None,
+def worker_argv(study: str | None, device_args: Sequence[str], *, threads: int | None = None,
                    db_retry_seconds: float | None = None, verbose: bool = False) -> list[str]:
     """`tuner worker` for one slot (the URL goes in the environment as TUNER_STORAGE)."""
     cmd = [sys.executable, "-m", "tuner", "worker", *(["--study", study] if study else []), *device_args]

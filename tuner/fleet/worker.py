@@ -19,18 +19,18 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from tuner.budget import budget_lock, can_start, trial_counts
-from tuner.compute import TrialCompute, study_done
-from tuner.config import StudyConfig
+from tuner.store.budget import budget_lock, can_start, trial_counts
+from tuner.fleet.compute import TrialCompute, study_done
+from tuner.spec.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
-from tuner.lifecycle import current_config
-from tuner.place import study_place
-from tuner.progress import complete_message
-from tuner.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHeartbeat, objective_failures
-from tuner.retention import sweep_checkpoints
-from tuner.search import make_pruner, make_sampler
-from tuner.storage import brief_storage, call_with_retry, make_storage
-from tuner.study import load_config, tuner_studies
+from tuner.fleet.lifecycle import current_config
+from tuner.store.place import study_place
+from tuner.fleet.progress import complete_message
+from tuner.fleet.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHeartbeat, objective_failures
+from tuner.fleet.retention import sweep_checkpoints
+from tuner.spec.search import make_pruner, make_sampler
+from tuner.store.storage import brief_storage, call_with_retry, make_storage
+from tuner.fleet.study import load_config, tuner_studies
 
 _log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def sampler_seed(config: StudyConfig, ordinal: int) -> int:
 
 class Worker:
     """Serves studies from one storage. `make_objective(config)` builds the per-study objective
-    (tuner.objective.make_objective bound to a device; bench/scale.py passes a cheap one)."""
+    (tuner.engine.objective.make_objective bound to a device; bench/scale.py passes a cheap one)."""
 
     def __init__(
         self,

@@ -10,13 +10,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner.budget import budget_lock, trial_counts
-from tuner.compute import budget_parts, spent
-from tuner.config import StudyConfig, parse_config
+from tuner.store.budget import budget_lock, trial_counts
+from tuner.fleet.compute import budget_parts, spent
+from tuner.spec.config import StudyConfig, parse_config
 from tuner.errors import TunerError
-from tuner.storage import shown_url
-from tuner.place import StudyPlace, identity_attrs, study_place
-from tuner.preflight import check_task_paths
+from tuner.store.storage import shown_url
+from tuner.store.place import StudyPlace, identity_attrs, study_place
+from tuner.spec.preflight import check_task_paths
 
 CONFIG_ATTR = "tuner_config"  # study user attribute holding the validated study file
 HISTORY_ATTR = "tuner_history"  # study user attribute: list of {at, event, ...} (extend, replace)
@@ -52,7 +52,7 @@ class StudyStatus:
     direction: str
     checkpoint_bytes: int | None = None  # None: this host has no folder for the study's checkpoints
     budget: str = ""  # what is spent of each budget, e.g. "12/20 trials, 40/100 epochs"
-    pareto_front: int | None = None  # several objectives: how many trials are on the Pareto front
+    front_size: int | None = None  # several objectives: how many trials are on the Pareto front
 
     @property
     def finished(self) -> int:
@@ -79,7 +79,7 @@ def label_for_dashboard(study: optuna.Study, config: StudyConfig) -> None:
     study's note (a TOML block; the raw JSON stays in the tuner_config user attribute, which tuner reads)."""
     from optuna_dashboard import save_note  # here, not at the top: it takes ~2 s to import, workers never need it
 
-    from tuner.toml_dump import dump_toml
+    from tuner.spec.toml_dump import dump_toml
 
     with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2; we want it anyway
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -199,7 +199,7 @@ def load_config(storage: optuna.storages.RDBStorage, name: str) -> StudyConfig:
 
 
 def checkpoint_place(storage: optuna.storages.RDBStorage, name: str) -> StudyPlace:
-    """Where the study's checkpoints are (see tuner/place.py for the precedence)."""
+    """Where the study's checkpoints are (see tuner/store/place.py for the precedence)."""
     return study_place(storage.get_study_user_attrs(storage.get_study_id_from_name(name)), name)
 
 
@@ -246,7 +246,7 @@ def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
     return _best(name, load_config(storage, name), best_frozen_trial(storage, name))
 
 
-def pareto_front(storage: optuna.storages.RDBStorage, name: str) -> list[BestTrial]:
+def front_trials(storage: optuna.storages.RDBStorage, name: str) -> list[BestTrial]:
     """The trials no other COMPLETE trial beats on every objective (Optuna's best_trials), by trial number."""
     config = load_config(storage, name)
     front = optuna.load_study(study_name=name, storage=storage).best_trials
@@ -276,4 +276,4 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
                                                         + counts.get("PRUNED", 0), used))
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
                        direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size(),
-                       budget=budget, pareto_front=front)
+                       budget=budget, front_size=front)

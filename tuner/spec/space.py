@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from tuner.config import SPACE_PARAMS, ParamSpec
+from tuner.spec.config import SPACE_PARAMS, ParamSpec
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class HParams:
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
     prune_amount: float = 0.0
-    batch_size: int = 0  # 0: the task's, lr as given; else lr is per 256 images (tuner.objective scales it)
+    batch_size: int = 0  # 0: the task's, lr as given; else lr is per 256 images (tuner.engine.objective scales it)
     label_smoothing: float = 0.0
     momentum: float = 0.9
     warmup_epochs: int = 0

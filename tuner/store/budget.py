@@ -76,7 +76,7 @@ def trial_counts(storage: optuna.storages.RDBStorage, study_id: int) -> Counts:
 
 def can_start(counts: Counts, n_trials: int) -> bool:
     """A queued retry may always run (it already holds its slot); otherwise only below the budget
-    (n_trials 0: the study has no trial budget, only a compute budget, which tuner.compute enforces)."""
+    (n_trials 0: the study has no trial budget, only a compute budget, which tuner.fleet.compute enforces)."""
     return counts["WAITING"] > 0 or not n_trials or counts.committed < n_trials
 
 

@@ -10,22 +10,21 @@ import gc
 import logging
 import os
 import socket
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from tuner.config import StudyConfig
+from tuner.spec.config import StudyConfig
 from tuner.data.loader import Batches, open_batches
-from tuner.device import is_out_of_memory, resolve_precision, setup_device
+from tuner.engine.device import is_out_of_memory, resolve_precision, setup_device
 from tuner.errors import TrialFailed
-from tuner.models import build_model, count_nonzero, count_parameters
-from tuner.place import study_place
-from tuner.space import HParams, describe_params, suggest_hparams
-from tuner.train import FitConfig, fit, prune_epoch
+from tuner.engine.models import build_model, count_nonzero, count_parameters
+from tuner.fleet.lineage import lineage_number
+from tuner.store.place import study_place
+from tuner.spec.space import HParams, describe_params, suggest_hparams
+from tuner.engine.train import FitConfig, fit, prune_epoch
 
 _log = logging.getLogger(__name__)
 
@@ -37,16 +36,6 @@ class EpochEvent:
     epochs: int
     value: float
     pruned: bool = False  # the pruner stops the trial after this epoch
-
-
-def lineage_number(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
-    """The number of the first trial in a retry chain: retries share its seed and checkpoints."""
-    frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else trial.study._storage.get_trial(
-        trial._trial_id)
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.8; `tuner export` must not print it
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-    return frozen.number if original is None else original
 
 
 # What the worker calls for each trial: (trial, should_stop, on_epoch) -> the final metric value, or with several
@@ -61,7 +50,7 @@ def make_objective(config: StudyConfig, device: torch.device) -> Objective:
     data = open_batches(config.task, device)
     teacher = None
     if config.task.teacher:
-        from tuner.teacher import load_teacher  # here: it reads exported models (tuner.export imports this module)
+        from tuner.engine.teacher import load_teacher  # here: it reads exported models (tuner.engine.export imports this module)
 
         teacher = load_teacher(config.task.teacher, data.record, device,
                                resolve_precision(config.task.precision, device))
@@ -142,7 +131,7 @@ def run_trial(
     def on_epoch_end(epoch: int, metrics: dict[str, float], snapshot: Callable[[], dict]) -> None:
         value = metrics[metric]
         history.append(value)
-        # report -> checkpoint -> prune? (a pruned trial's folder is deleted later by tuner/retention.py)
+        # report -> checkpoint -> prune? (a pruned trial's folder is deleted later by tuner/fleet/retention.py)
         if reporting:
             trial.report(value, epoch)
         else:

@@ -12,7 +12,7 @@ from typing import Any
 # report...) should not pay torch's import (~1.5 s per command, more on a busy machine).
 
 KEEP = 2  # checkpoints kept per trial: the newest, and one to fall back on if it is corrupt
-DEFAULT_ROOT = "checkpoints"  # relative to the working directory of `launch-study` (see tuner/place.py)
+DEFAULT_ROOT = "checkpoints"  # relative to the working directory of `launch-study` (see tuner/store/place.py)
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 class CheckpointDir:
-    """The checkpoints of one trial and its retries: ROOT/STUDY_KEY/TRIAL/epoch-NNNN.pt (tuner/place.py
+    """The checkpoints of one trial and its retries: ROOT/STUDY_KEY/TRIAL/epoch-NNNN.pt (tuner/store/place.py
     says which root and key)."""
 
     def __init__(self, root: Path, study_key: str, trial_number: int):

@@ -3,7 +3,7 @@
 A trial budget counts a trial pruned at epoch 2 like one trained to the end, so pruning saves compute but never
 buys more search. Here every epoch is claimed before it is trained: under the study's budget lock a trial adds
 one to its `epochs_trained` user attribute only while the study's total is below max_epochs. The first epoch is
-claimed when the trial is asked for (tuner.worker), each next one after the epoch before it (unless that epoch
+claimed when the trial is asked for (tuner.fleet.worker), each next one after the epoch before it (unless that epoch
 pruned the trial). A retry claims only the epochs it trains after its checkpoint, so resumed epochs count once.
 A trial that cannot claim its next epoch stops as PRUNED ("compute budget spent").
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import optuna
 import sqlalchemy
 
-from tuner.budget import Counts, budget_lock, connection, trial_counts
-from tuner.config import StudySection
-from tuner.storage import call_with_retry
+from tuner.store.budget import Counts, budget_lock, connection, trial_counts
+from tuner.spec.config import StudySection
+from tuner.store.storage import call_with_retry
 
 EPOCHS_ATTR = "epochs_trained"  # epochs this trial claimed (trained, or training now); resumed ones excluded
 SECONDS_ATTR = "train_seconds"  # this trial's time on its device so far (from its start to its last epoch's end)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from tuner.budget import trial_counts
-from tuner.compute import budget_parts, spent
-from tuner.study import load_config
+from tuner.store.budget import trial_counts
+from tuner.fleet.compute import budget_parts, spent
+from tuner.fleet.study import load_config
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class RunningTrial:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class ProgressSnapshot:
     study: str
     metric: str
     n_trials: int  # the budget of COMPLETE + PRUNED trials (0: none, the study has a compute budget)
@@ -72,7 +72,7 @@ class ProgressWatch:
         self._started = time.monotonic()
         self._spent_at_start: float | None = None  # set by the first snapshot
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> ProgressSnapshot:
         """The study now: a few small queries, cheap enough to poll every second."""
         counts = trial_counts(self.storage, self.study_id)
         running = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
@@ -91,7 +91,7 @@ class ProgressWatch:
         if self._spent_at_start is None:
             self._spent_at_start = share
         n_trials = self.config.study.n_trials
-        return Snapshot(
+        return ProgressSnapshot(
             study=self.name, metric=self.config.study.metric, n_trials=n_trials, epochs=self.config.task.epochs,
             complete=counts["COMPLETE"], pruned=counts["PRUNED"], failed=counts["FAIL"], waiting=counts["WAITING"],
             running=tuple(RunningTrial(t.number, max(t.intermediate_values, default=0))

@@ -107,7 +107,7 @@ def shown_url(url: str) -> str:
     return f"sqlite:///{path}" if path is not None else redact(url)
 
 
-def worker_command(url: str, study: str) -> tuple[str, str | None]:
+def worker_hint(url: str, study: str) -> tuple[str, str | None]:
     """The command that starts a worker of `study` on any host, storage included, and a note for the reader.
 
     A SQLite file goes in --storage by absolute path. A server URL goes in TUNER_STORAGE (not argv, which

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from tuner.errors import TrialFailed, TunerError
-from tuner.plugins import is_plugin, load_plugin
-from tuner.space import HParams
+from tuner.spec.plugins import is_plugin, load_plugin
+from tuner.spec.space import HParams
 
-SMALL_IMAGE = 64  # px: at or below this, backbones get the CIFAR stem (3x3 conv, stride 1, no max-pool)
+CIFAR_STEM_MAX_PX = 64  # px: at or below this, backbones get the CIFAR stem (3x3 conv, stride 1, no max-pool)
 
 
 def _conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
@@ -127,7 +127,7 @@ def build_backbone(name: str, weights: str, hp: HParams, image_shape: tuple[int,
     body = get_model(name, weights=None)
     if weights != "none":
         _load_pretrained(body, name, weights)
-    small = image_shape[1] <= SMALL_IMAGE
+    small = image_shape[1] <= CIFAR_STEM_MAX_PX
     if small:
         _use_small_image_stem(body, name)
     stages, features = _split_body(body, name)

@@ -32,7 +32,7 @@ StorageOpt = typer.Option(None, "--storage", help=STORAGE_HELP, show_default=Fal
 def _storage(flag: str | None, **kwargs):
     import optuna
 
-    from tuner.storage import make_storage, resolve_storage_url
+    from tuner.store.storage import make_storage, resolve_storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tuner says what it did ("study 'x' created") itself
     return make_storage(resolve_storage_url(flag), **kwargs)
@@ -83,9 +83,9 @@ def launch_study_cmd(
                                   "task.weights exist (when only the workers can see them)."),
 ) -> None:
     """Validate a study file and store the study and its config in the database."""
-    from tuner.config import load_config
-    from tuner.storage import resolve_storage_url, worker_command
-    from tuner.study import launch_study
+    from tuner.spec.config import load_config
+    from tuner.store.storage import resolve_storage_url, worker_hint
+    from tuner.fleet.study import launch_study
 
     config = load_config(file, name=name)  # validate before touching the database
     url = resolve_storage_url(storage)
@@ -98,7 +98,7 @@ def launch_study_cmd(
         out.print(f"study {result.name!r} {verb}", markup=False, highlight=False)
     # The hint names the storage: pasted on another host (or in another directory) without it, a worker
     # would open a new, empty sqlite:///tuner.db there and find no study.
-    command, note = worker_command(url, result.name)
+    command, note = worker_hint(url, result.name)
     out.print(f"next: {command}  (one per GPU: --gpu 0, --gpu 1, ...; --slots K for K trials per GPU; "
               "--cpu without one)", markup=False, highlight=False, soft_wrap=True)
     if note:
@@ -112,7 +112,7 @@ def prepare(
     """Prepare the study's dataset into the cache now (workers otherwise do it on first use, once per host)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from tuner.config import load_config
+    from tuner.spec.config import load_config
     from tuner.data.cache import prepare as prepare_data
 
     config = load_config(file)
@@ -145,9 +145,9 @@ def worker(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (tracebacks of failed trials)."),
 ) -> None:
     """Pull trials from the database and train them until the study's total budget is spent."""
-    from tuner.device import pick_device
-    from tuner.storage import brief_storage, resolve_storage_url, shown_url
-    from tuner.study import load_config
+    from tuner.engine.device import pick_device
+    from tuner.store.storage import brief_storage, resolve_storage_url, shown_url
+    from tuner.fleet.study import load_config
 
     if gpu is not None and cpu:
         raise TunerError("--gpu and --cpu exclude each other")
@@ -170,8 +170,8 @@ def worker(
         import torch
 
         torch.set_num_threads(threads)
-    from tuner.objective import make_objective
-    from tuner.worker import Worker
+    from tuner.engine.objective import make_objective
+    from tuner.fleet.worker import Worker
 
     log.info("worker on %s, storage %s", device, shown_url(url))
 
@@ -195,14 +195,14 @@ def best(
     format: str = typer.Option("table", "--format", help="table | json"),
 ) -> None:
     """Print the best trial: number, value, params and parameter count (several objectives: the Pareto front)."""
-    from tuner.study import best_trial, load_config, pareto_front
+    from tuner.fleet.study import best_trial, load_config, front_trials
 
     if format not in ("table", "json"):
         raise TunerError(f"--format must be table or json, got {format!r}")
     st = _existing_storage(storage)
     config = load_config(st, study)
     if config.study.multi_objective:
-        _print_front(config, pareto_front(st, study), format)
+        _print_front(config, front_trials(st, study), format)
         return
     b = best_trial(st, study)
     if format == "json":
@@ -227,13 +227,13 @@ def _device_args(index: int, cpu: bool) -> list[str]:
 def _run_slots(study: str | None, device, slots: int, threads: int | None, db_retry_seconds: float,
                verbose: bool, url: str) -> int:
     """`tuner worker --slots K`: K ordinary workers on one device, this process their parent."""
-    from tuner.processes import WorkerGroup, worker_command, worst
-    from tuner.storage import shown_url
+    from tuner.fleet.processes import WorkerGroup, worker_argv, worst
+    from tuner.store.storage import shown_url
 
     device_args = ["--cpu"] if device.type == "cpu" else ["--gpu", str(device.index or 0)]
     if device.type == "cpu":  # the slots share the CPUs rather than each taking all of them
         threads = threads or max(1, (os.cpu_count() or 1) // slots)
-    cmd = worker_command(study, device_args, threads=threads, db_retry_seconds=db_retry_seconds, verbose=verbose)
+    cmd = worker_argv(study, device_args, threads=threads, db_retry_seconds=db_retry_seconds, verbose=verbose)
     log = logging.getLogger("tuner")
     group = WorkerGroup([cmd] * slots, url, on_signal=lambda signum: log.warning(
         "%s received: passed on to the %d slots", signal.Signals(signum).name, slots))
@@ -296,8 +296,8 @@ def status(
     interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes with --watch."),
 ) -> None:
     """Per study: trials by state, retries, best value so far, budget left, checkpoint disk use."""
-    from tuner import ui
-    from tuner.study import study_status, tuner_studies
+    from tuner.cli import ui
+    from tuner.fleet.study import study_status, tuner_studies
 
     if watch and not interval > 0:
         raise TunerError(f"--interval must be > 0 seconds, got {interval}")
@@ -329,12 +329,12 @@ def run(
 
     On a terminal it shows live progress and the workers log to tuner-run-STUDY.log; piped, their log is the
     output."""
-    from tuner import ui
-    from tuner.config import load_config
-    from tuner.processes import WorkerGroup, worker_command, worst
-    from tuner.progress import ProgressWatch, complete_message
-    from tuner.storage import resolve_storage_url
-    from tuner.study import best_trial, launch_study
+    from tuner.cli import ui
+    from tuner.spec.config import load_config
+    from tuner.fleet.processes import WorkerGroup, worker_argv, worst
+    from tuner.fleet.progress import ProgressWatch, complete_message
+    from tuner.store.storage import resolve_storage_url
+    from tuner.fleet.study import best_trial, launch_study
 
     if workers < 1:
         raise TunerError(f"--workers must be >= 1, got {workers}")
@@ -348,7 +348,7 @@ def run(
     progress = ProgressWatch(st, study)
     first = progress.snapshot()
     if first.done:
-        from tuner.compute import study_done
+        from tuner.fleet.compute import study_done
 
         out.print(complete_message(study, study_done(st, st.get_study_id_from_name(study), config)))
         if first.best_trial is not None:
@@ -359,7 +359,7 @@ def run(
     where = f"; worker log: {log_path}" if log_path else ""
     out.print(f"study {study!r}: budget {first.budget}, {workers} worker{'s' if workers != 1 else ''}{where}")
     threads = max(1, (os.cpu_count() or 1) // (workers * slots))
-    commands = [worker_command(study, _device_args(i, cpu) + ["--slots", str(slots)], threads=threads)
+    commands = [worker_argv(study, _device_args(i, cpu) + ["--slots", str(slots)], threads=threads)
                 for i in range(workers)]
     started = time.monotonic()
     log = log_path.open("a") if log_path else None  # append: an earlier run's log may explain a retry
@@ -377,9 +377,9 @@ def run(
         raise TunerError(f"workers exited with codes {codes}; see {log_path or 'their log above'}")
     out.print(f"finished in {time.monotonic() - started:.0f} s")
     if config.study.multi_objective:
-        from tuner.study import pareto_front
+        from tuner.fleet.study import front_trials
 
-        _print_front(config, pareto_front(st, study), "table")
+        _print_front(config, front_trials(st, study), "table")
         return
     _score_best_on_test(st, study, cpu)
     _print_best(best_trial(st, study))
@@ -388,8 +388,8 @@ def run(
 def _score_best_on_test(st, study: str, cpu: bool) -> None:
     """The best trial's held-out test score, once, at the end of `tuner run`; a study without a test split
     (or whose best weights live on another host) says why and goes on to print the best params."""
-    from tuner.device import pick_device
-    from tuner.evaluate import score_on_test
+    from tuner.engine.device import pick_device
+    from tuner.engine.evaluate import score_on_test
 
     try:
         score_on_test(st, study, top=1, device=pick_device(None, cpu))
@@ -404,7 +404,7 @@ def _say_waiting(signum: int) -> None:
 def _wait_for_workers(group, progress) -> list[int]:
     """Wait for every worker, showing `progress` live (once a second) if given; a signal (Ctrl-C) is passed
     on to them, and the view goes on until they have failed their trials cleanly and exited."""
-    from tuner import ui
+    from tuner.cli import ui
 
     last = None
 
@@ -433,8 +433,8 @@ def evaluate(
 ) -> None:
     """Score the best trials' final models once on the held-out test split (stored as test_accuracy; never
     used to select anything)."""
-    from tuner.device import pick_device
-    from tuner.evaluate import score_on_test
+    from tuner.engine.device import pick_device
+    from tuner.engine.evaluate import score_on_test
 
     _setup_logging()
     scores = score_on_test(_existing_storage(storage), study, top=top, device=pick_device(None, cpu))
@@ -453,7 +453,7 @@ def export(
     """Write the best trial's final weights with its params and the study config (load with torch.load)."""
     from pathlib import Path
 
-    from tuner.export import export_best
+    from tuner.engine.export import export_best
 
     payload = export_best(_existing_storage(storage), study, Path(out_file), trial)
     out.print(f"wrote {out_file}: trial #{payload['trial']}, value {payload['value']:.4f}, epoch {payload['epoch']}")
@@ -466,7 +466,7 @@ def extend(
     storage: Optional[str] = StorageOpt,
 ) -> None:
     """Change a study's total budget; running workers pick it up before their next trial."""
-    from tuner.lifecycle import extend_study
+    from tuner.fleet.lifecycle import extend_study
 
     r = extend_study(_existing_storage(storage), study, n_trials)
     if r.new == r.old:
@@ -485,7 +485,7 @@ def enqueue(
     storage: Optional[str] = StorageOpt,
 ) -> None:
     """Queue a known-good config: the next worker to ask runs it, once. It takes a slot of the trial budget."""
-    from tuner.lifecycle import enqueue_params
+    from tuner.fleet.lifecycle import enqueue_params
 
     number = enqueue_params(_existing_storage(storage), study, params)
     out.print(f"study {study!r}: queued trial #{number} with {' '.join(params)}", markup=False, highlight=False,
@@ -499,8 +499,8 @@ def delete(
     storage: Optional[str] = StorageOpt,
 ) -> None:
     """Delete a study from the database, with all its trials and checkpoints."""
-    from tuner.lifecycle import delete_study, plan_delete
-    from tuner.place import human_bytes
+    from tuner.fleet.lifecycle import delete_study, plan_delete
+    from tuner.store.place import human_bytes
 
     st = _existing_storage(storage)
     plan = plan_delete(st, study)
@@ -526,7 +526,7 @@ def dashboard(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free port)."),
 ) -> None:
     """Serve optuna-dashboard for the storage."""
-    from tuner.dashboard import open_dashboard
+    from tuner.report.dashboard import open_dashboard
 
     with open_dashboard(_existing_storage(storage), host, port) as server:  # a port in use fails here
         where = "loopback only" if host in ("127.0.0.1", "localhost", "::1") else "REACHABLE FROM OTHER HOSTS"
@@ -545,7 +545,7 @@ def report(
     """Write one HTML page (and PNGs) of what a study found and what pruning saved."""
     from pathlib import Path
 
-    from tuner.report import build_report
+    from tuner.report.build import build_report
 
     _setup_logging()
     result = build_report(_existing_storage(storage), study, Path(out_file), Path(png) if png else None)
@@ -572,7 +572,7 @@ def main() -> None:
         err.print("aborted", markup=False)
         sys.exit(130)
     except Exception as exc:  # a bug, not a user error: the traceback, with the password scrubbed out
-        from tuner.urls import scrubbed_traceback
+        from tuner.store.urls import scrubbed_traceback
 
         sys.stderr.write(scrubbed_traceback(exc, sys.argv))
         sys.exit(1)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.checkpoint import DEFAULT_ROOT, CheckpointDir
+from tuner.store.checkpoint import DEFAULT_ROOT, CheckpointDir
 
 ENV = "TUNER_CHECKPOINT_DIR"
 UUID_ATTR = "tuner_uuid"  # study user attributes, next to tuner_config

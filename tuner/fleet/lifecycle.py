@@ -10,12 +10,12 @@ from typing import Any
 
 import optuna
 
-from tuner.budget import budget_lock, trial_counts
-from tuner.compute import exhausted, spent
-from tuner.config import StudyConfig, check_enqueued, parse_config
+from tuner.store.budget import budget_lock, trial_counts
+from tuner.fleet.compute import exhausted, spent
+from tuner.spec.config import StudyConfig, check_enqueued, parse_config
 from tuner.errors import TunerError
-from tuner.place import StudyPlace
-from tuner.study import (CONFIG_ATTR, ENQUEUED_ATTR, append_history, checkpoint_place, label_for_dashboard,
+from tuner.store.place import StudyPlace
+from tuner.fleet.study import (CONFIG_ATTR, ENQUEUED_ATTR, append_history, checkpoint_place, label_for_dashboard,
                          load_config)
 
 

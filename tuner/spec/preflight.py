@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuner.config import TaskSection
+from tuner.spec.config import TaskSection
 from tuner.errors import TunerError
-from tuner.plugins import is_plugin, load_plugin
+from tuner.spec.plugins import is_plugin, load_plugin
 
 _HINT = "on this host; pass --no-check if only the workers can see it"
 

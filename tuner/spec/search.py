@@ -166,7 +166,7 @@ def check_sampler(sampler: str, searched: Mapping[str, Any], n_objectives: int, 
 
 
 def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
-    """A sampler seeded with `seed` (tuner.worker derives it from the study seed and the worker's ordinal)."""
+    """A sampler seeded with `seed` (tuner.fleet.worker derives it from the study seed and the worker's ordinal)."""
     with warnings.catch_warnings():  # QMCSampler is "experimental" since Optuna 3.0; we mean to use it
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if sampler == "random":
@@ -176,7 +176,7 @@ def make_sampler(sampler: str, seed: int) -> optuna.samplers.BaseSampler:
         if sampler == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed)
         if sampler == "qmc":
-            # scrambled, so the seed matters; every worker shares the study's sequence (see tuner.worker)
+            # scrambled, so the seed matters; every worker shares the study's sequence (see tuner.fleet.worker)
             return optuna.samplers.QMCSampler(scramble=True, seed=seed)
         if sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)

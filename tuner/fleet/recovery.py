@@ -17,12 +17,12 @@ import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tuner.budget import budget_lock
-from tuner.lease import ReaperLease
-from tuner.study import history
+from tuner.store.budget import budget_lock
+from tuner.store.lease import ReaperLease
+from tuner.fleet.study import history
 
 # user attributes that describe one run of a trial, not its params: a retry starts without them
-# (epochs_trained / train_seconds: what this run used of the compute budget, tuner/compute.py; a retry claims anew)
+# (epochs_trained / train_seconds: what this run used of the compute budget, tuner/fleet/compute.py; a retry claims anew)
 RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch", "worker", "epochs_trained", "train_seconds")
 COUNTED_FAILURES = "tuner_counted_failures"  # system attr of a retry: its lineage's failures that use up retries
 
@@ -103,7 +103,7 @@ class Reaper(_Ticker):
     """Fails (and retries) the study's stale trials on a timer, so a dead worker's trial is recovered
     within interval + grace + reaper period (+ a lease take-over, below) even while every other worker is busy.
 
-    Every worker runs one, but only the holder of the study's lease (tuner.lease) reaps: one reaper per study,
+    Every worker runs one, but only the holder of the study's lease (tuner.store.lease) reaps: one reaper per study,
     not one per worker; when the holder dies, another takes over within LEASE_PERIODS periods."""
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, period: float):
@@ -170,7 +170,7 @@ def objective_failures(storage: optuna.storages.RDBStorage, study_id: int) -> in
     a signal (INTERRUPTED) or a dead/frozen worker (STALE) is retried instead."""
     stale_prefix = STALE.split("{", 1)[0]
     failed = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.FAIL,))
-    # Trials failed under a config that `launch-study` has since replaced do not count (tuner.study).
+    # Trials failed under a config that `launch-study` has since replaced do not count (tuner.fleet.study).
     replaced = history(storage, study_id, "replace")
     since = replaced[-1]["first_trial"] if replaced else 0
     reasons = [t.user_attrs.get("fail_reason", INTERRUPTED) for t in failed if t.number >= since]

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from tuner.errors import TunerError
-from tuner.export import load_exported
-from tuner.train import autocast
+from tuner.engine.export import load_exported
+from tuner.engine.train import autocast
 
 
 def load_teacher(path: str, record: dict, device: torch.device, precision: str

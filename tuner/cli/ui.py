@@ -1,6 +1,6 @@
 """Terminal views for cli.py: `tuner run`'s live progress and the redraw loop of `status --watch`.
 
-Rendering only: the numbers come from tuner.progress, and cli.py owns the consoles. Kept out of cli.py
+Rendering only: the numbers come from tuner.fleet.progress, and cli.py owns the consoles. Kept out of cli.py
 so that the command definitions stay a few lines each.
 """
 
@@ -20,10 +20,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tuner.place import human_bytes
-from tuner.progress import Snapshot
-from tuner.storage import is_connection_error
-from tuner.study import StudyStatus
+from tuner.store.place import human_bytes
+from tuner.fleet.progress import ProgressSnapshot
+from tuner.store.storage import is_connection_error
+from tuner.fleet.study import StudyStatus
 
 BAR_WIDTH = 40  # characters of the study's budget bar
 TRIAL_BAR_WIDTH = 20  # characters of each running trial's epoch bar
@@ -39,7 +39,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def progress_view(snap: Snapshot, note: str = "") -> RenderableType:
+def progress_view(snap: ProgressSnapshot, note: str = "") -> RenderableType:
     """The study's budget bar, the split of finished trials, the best so far, time, and the running trials."""
     top = Table.grid(padding=(0, 1))
     top.add_row(Text(snap.study, style="bold"), ProgressBar(total=1000, completed=round(1000 * snap.spent),
@@ -77,8 +77,8 @@ def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
     for s in statuses:
         c = s.counts
         best = "-" if s.best_value is None else f"{s.best_value:.4f}"
-        if s.pareto_front is not None:  # several objectives: no single best
-            best = f"front of {s.pareto_front}"
+        if s.front_size is not None:  # several objectives: no single best
+            best = f"front of {s.front_size}"
         disk = "-" if s.checkpoint_bytes is None else human_bytes(s.checkpoint_bytes)  # "-": no folder on this host
         table.add_row(s.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")),
                       str(s.retries), best, s.budget, disk)

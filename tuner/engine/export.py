@@ -13,16 +13,16 @@ import optuna
 import torch
 from torch import nn
 
-from tuner.checkpoint import save_atomic
-from tuner.config import StudyConfig, parse_config
+from tuner.store.checkpoint import save_atomic
+from tuner.spec.config import StudyConfig, parse_config
 from tuner.data.augment import Augment
 from tuner.data.cache import prepare
 from tuner.data.loader import data_record
 from tuner.errors import TunerError
-from tuner.models import build_model
-from tuner.objective import lineage_number
-from tuner.space import HParams, hparams_from_params
-from tuner.study import best_frozen_trial, checkpoint_place, complete_trial, load_config
+from tuner.engine.models import build_model
+from tuner.fleet.lineage import lineage_number
+from tuner.spec.space import HParams, hparams_from_params
+from tuner.fleet.study import best_frozen_trial, checkpoint_place, complete_trial, load_config
 
 
 def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path, number: int | None = None

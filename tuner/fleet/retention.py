@@ -4,11 +4,11 @@ A lineage is a trial and its retries (they share the first trial's number and ch
 goes when its latest trial is
   PRUNED,
   FAIL with its retries exhausted (more than max_retries failures that count — interruptions do not, see
-  tuner/recovery.py — so no retry can come any more), or
+  tuner/fleet/recovery.py — so no retry can come any more), or
   COMPLETE but not among the best `keep_best` values (ties with the keep_best-th value are kept, so
   whichever of them Optuna reports as best can be exported).
 A lineage with a RUNNING or WAITING trial is never touched (a running trial keeps its newest checkpoint and
-the fallback, see tuner/checkpoint.py).
+the fallback, see tuner/store/checkpoint.py).
 
 Every rule is about a final state: a PRUNED or exhausted lineage stays so, and a COMPLETE value never changes
 while new ones only push it further down. So one SELECT is a safe basis for deleting, without the budget lock,
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import optuna
 import sqlalchemy
 
-from tuner.config import StudyConfig, parse_config
-from tuner.place import StudyPlace, remove_tree, study_place
-from tuner.recovery import INTERRUPTED
+from tuner.spec.config import StudyConfig, parse_config
+from tuner.store.place import StudyPlace, remove_tree, study_place
+from tuner.fleet.recovery import INTERRUPTED
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TrialRow:
 def _rows(storage: optuna.storages.RDBStorage, study_id: int) -> list[TrialRow]:
     with storage.engine.connect() as conn:
         rows = conn.execute(_SNAPSHOT, {"sid": study_id}).all()
-    # Optuna stores the TrialState name; older SQLite files may hold the enum repr (as in tuner.budget).
+    # Optuna stores the TrialState name; older SQLite files may hold the enum repr (as in tuner.store.budget).
     return [TrialRow(n, str(state).split(".")[-1], value, n if original is None else int(json.loads(original)),
                      reason is not None and json.loads(reason) == INTERRUPTED)
             for n, state, value, original, reason in rows]

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import TunerError
-from tuner.plugins import is_plugin
-from tuner.search import check_sampler, pruner_options
+from tuner.spec.plugins import is_plugin
+from tuner.spec.search import check_sampler, pruner_options
 
 AUGMENTATIONS = ("standard", "crop", "none")  # tuner/data/augment.py
-PRECISIONS = ("auto", "bf16", "fp32")  # tuner/device.py: auto is bf16 on a GPU that has it, else fp32
+PRECISIONS = ("auto", "bf16", "fp32")  # tuner/engine/device.py: auto is bf16 on a GPU that has it, else fp32
 DATASETS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0")  # torchvision's
 MODELS = ("cnn",) + BACKBONES
@@ -63,7 +63,7 @@ class StudySection:
     max_epochs: int = 0  # epochs trained across all trials and workers (a retry's resumed epochs count once); 0: none
     max_gpu_hours: float = 0.0  # hours of trial time on the workers' devices, summed; 0: none
     sampler: str = "tpe"  # tpe | random | gp | cmaes | qmc | nsga2
-    seed: int = 0  # the same file, one worker, the same seed: the same trials (tuner.worker derives per-worker seeds)
+    seed: int = 0  # the same file, one worker, the same seed: the same trials (tuner.fleet.worker derives per-worker seeds)
     max_params: int = 0  # parameter budget: bigger models are infeasible and PRUNED before training; 0: none
     # two or more objectives instead of metric/direction, e.g. ["val_accuracy", "param_count"]
     objectives: tuple[str, ...] = ()
@@ -82,7 +82,7 @@ class StudySection:
 
     @property
     def compute_budget(self) -> bool:
-        """Whether trials must claim each epoch under the budget lock (tuner.compute)."""
+        """Whether trials must claim each epoch under the budget lock (tuner.fleet.compute)."""
         return bool(self.max_epochs or self.max_gpu_hours)
 
 
@@ -130,7 +130,7 @@ class ParamSpec:
 @dataclass(frozen=True)
 class StudyConfig:
     study: StudySection
-    # `type` plus the Optuna pruner's keyword arguments, defaults filled in (tuner.search); a multi-objective
+    # `type` plus the Optuna pruner's keyword arguments, defaults filled in (tuner.spec.search); a multi-objective
     # study has {"type": "none"}
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
     task: TaskSection = field(default_factory=TaskSection)

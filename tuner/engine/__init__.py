@@ -1,0 +1,5 @@
+"""engine — how one trial trains: the objective (the adapter between an Optuna trial and fit()), fit() itself
+(plain PyTorch, no Optuna), models, the device, the distillation teacher, export and the test-set evaluation.
+
+May import: fleet (lineages, a study's config and place), data, spec, store, errors.
+"""

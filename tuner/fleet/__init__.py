@@ -1,0 +1,5 @@
+"""fleet — who runs a study: launch and lifecycle, the worker loop and its signals, recovery (heartbeats, the
+reaper, retries and lineages), retention, compute budgets, worker processes, progress.
+
+May import: data, spec, store, errors. It never imports the engine: a worker is handed its `make_objective`.
+"""
