@@ -116,6 +116,10 @@ def test_no_import_circle_in_the_package():
     assert circles(import_graph()) == []
 
 
+def test_no_function_in_the_package_runs_past_60_lines():
+    assert long_functions() == []
+
+
 # The checks themselves can fail: a made-up graph with an upward import and a circle is caught.
 @pytest.mark.parametrize("graph, expected", [
     ({"tuner.fleet.worker": {"tuner.engine.objective"}}, ["tuner.fleet.worker -> tuner.engine.objective "

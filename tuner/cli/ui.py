@@ -1,7 +1,9 @@
-"""Terminal views for cli.py: `tuner run`'s live progress and the redraw loop of `status --watch`.
+"""Terminal views for the commands: `tuner run`'s live progress, the redraw loop of `status --watch`, the table of
+`status`, and the best trial or Pareto front of `best` and `run`.
 
-Rendering only: the numbers come from tuner.fleet.progress, and cli.py owns the consoles. Kept out of cli.py
-so that the command definitions stay a few lines each.
+Rendering only: the numbers come from the library (tuner.fleet.progress, tuner.fleet.study), and the commands
+own the consoles (tuner/cli/common.py), handed in. Kept out of the command modules so that each command stays a
+few lines.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from rich.text import Text
 from tuner.store.place import human_bytes
 from tuner.fleet.progress import ProgressSnapshot
 from tuner.store.storage import is_connection_error
-from tuner.fleet.study import StudyStatus
+from tuner.fleet.study import BestTrial, StudyStatus
+from tuner.spec.config import StudyConfig
 
 BAR_WIDTH = 40  # characters of the study's budget bar
 TRIAL_BAR_WIDTH = 20  # characters of each running trial's epoch bar
@@ -83,6 +86,47 @@ def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
         table.add_row(s.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")),
                       str(s.retries), best, s.budget, disk)
     return table
+
+
+def print_best(console: Console, b: BestTrial) -> None:
+    """`tuner best` (and the end of `tuner run`): the best trial's value, params and sizes."""
+    # the title as its own line: a table title wraps at the table's width, mid-sentence
+    console.print(f"best trial of {b.study!r}: #{b.number}, value {b.value:.4f}", markup=False, highlight=False,
+                  soft_wrap=True)
+    table = Table()
+    table.add_column("param")
+    table.add_column("value")
+    for k, v in b.params.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    for k, v in b.fixed.items():
+        table.add_row(f"{k} (fixed)", str(v))
+    table.add_row("param_count", f"{b.param_count:,}" if b.param_count is not None else "?")
+    if b.nonzero_params is not None and b.nonzero_params != b.param_count:  # its weights were pruned
+        table.add_row("nonzero_params", f"{b.nonzero_params:,}")
+    table.add_row("test_accuracy", f"{b.test_accuracy:.4f}" if b.test_accuracy is not None
+                  else "not measured (tuner evaluate)")
+    console.print(table)
+
+
+def print_front(console: Console, config: StudyConfig, front: Sequence[BestTrial]) -> None:
+    """A multi-objective study's best trials: the Pareto front, one row per trial."""
+    objectives = config.study.objectives
+    directions = ", ".join(f"{o} ({d})" for o, d in zip(objectives, config.study.directions))
+    console.print(f"Pareto front of {config.study.name!r}: {len(front)} trials no other trial beats on every "
+                  f"objective; {directions}", markup=False, highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("trial")
+    for name in objectives:
+        table.add_column(name)
+    names = list(front[0].params)
+    for name in names:
+        table.add_column(name)
+    for t in front:
+        cells = [f"{v:,.0f}" if o in ("param_count",) else f"{v:.4f}" for o, v in zip(objectives, t.values)]
+        params = [f"{t.params[n]:.4g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, "-"))
+                  for n in names]
+        table.add_row(f"#{t.number}", *cells, *params)
+    console.print(table)
 
 
 def tolerant(render: Callable[[], RenderableType],

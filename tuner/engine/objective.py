@@ -1,4 +1,5 @@
-"""The shared objective: the only module that imports both optuna and torch.
+"""The shared objective: the adapter between an Optuna trial and fit() (export.py and evaluate.py also read
+trials and load models, but only this module trains).
 
 It adapts a trial to fit(): sample params, build the model, resume from the checkpoint of the trial
 this one retries, report the metric every epoch, checkpoint, and let the pruner stop the trial.
@@ -21,9 +22,11 @@ from tuner.data.loader import Batches, open_batches
 from tuner.engine.device import is_out_of_memory, resolve_precision, setup_device
 from tuner.errors import TrialFailed
 from tuner.engine.models import build_model, count_nonzero, count_parameters
+from tuner.fleet.asha import PAUSED_ATTR, PROMOTED_FROM_ATTR
 from tuner.fleet.lineage import lineage_number
 from tuner.store.place import study_place
 from tuner.spec.space import HParams, describe_params, suggest_hparams
+from tuner.engine.teacher import load_teacher
 from tuner.engine.train import FitConfig, fit, prune_epoch
 
 _log = logging.getLogger(__name__)
@@ -50,8 +53,6 @@ def make_objective(config: StudyConfig, device: torch.device) -> Objective:
     data = open_batches(config.task, device)
     teacher = None
     if config.task.teacher:
-        from tuner.engine.teacher import load_teacher  # here: it reads exported models (tuner.engine.export imports this module)
-
         teacher = load_teacher(config.task.teacher, data.record, device,
                                resolve_precision(config.task.precision, device))
 
@@ -93,6 +94,37 @@ def run_trial(
     _log.info("trial %d started%s: %s", trial.number, retry, describe_params(trial.params))
     seed = config.study.seed + lineage  # same trial (or its retry) -> same init, same batches
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process (slot, host) ran it
+    model, precision = _build_on_device(trial, config, data, device, hp, seed)
+    # the study's own folder (its uuid under the root stored at launch): never another study's of the same name
+    checkpoints = study_place(trial.study.user_attrs, config.study.name).trial(lineage)
+    resume = checkpoints.load_latest()
+    if resume is None and PROMOTED_FROM_ATTR in trial.user_attrs:
+        raise TrialFailed(f"the checkpoint of paused trial {trial.user_attrs[PROMOTED_FROM_ATTR]} is gone "
+                          f"({checkpoints.path}): it cannot be resumed")
+    history = _replay_history(trial, config, resume)
+    on_epoch_end = _epoch_reporter(trial, config, history, checkpoints, on_epoch)
+    fit_config = _fit_config(config, hp, seed, precision)
+    if hp.prune_amount > 0:
+        trial.set_user_attr("weights_pruned_at_epoch", prune_epoch(config.task.epochs))
+    if config.task.compile:
+        model.compile()  # in place: state_dict keys (checkpoints, export) stay those of the plain model
+    final = fit(model, data, fit_config, on_epoch_end, resume=resume, should_stop=should_stop, teacher=teacher)
+    trial.set_user_attr("nonzero_params", count_nonzero(model))  # the effective size, after any weight pruning
+    checkpoints.keep_only_newest()
+    if resume is not None and resume["epoch"] >= config.task.epochs:
+        value = history[-1]  # the original finished training before it died; its result stands
+    else:
+        value = final[config.study.metric]
+    if not config.study.multi_objective:
+        return value
+    return tuple(value if name == config.study.metric else _objective_value(name, trial, final)
+                 for name in config.study.objectives)
+
+
+def _build_on_device(trial: optuna.Trial, config: StudyConfig, data: Batches, device: torch.device, hp: HParams,
+                     seed: int) -> tuple[torch.nn.Module, str]:
+    """The trial's model on `device` (after the size check, so an oversized model never leaves the CPU), and
+    the precision it trains in; records what `tuner export` needs to rebuild it."""
     torch.manual_seed(seed)
     model = build_model(config.task.model, config.task.weights, hp, data.image_shape, data.num_classes)
     total, trainable = count_parameters(model)
@@ -105,33 +137,37 @@ def run_trial(
     precision = resolve_precision(config.task.precision, device)
     trial.set_user_attr("device", str(device))
     trial.set_user_attr("precision", precision)
-    # what `tuner export` needs to rebuild the model
     trial.set_user_attr("image_shape", list(data.image_shape))
     trial.set_user_attr("num_classes", data.num_classes)
     trial.set_user_attr("data", data.record)  # its data's key, class names, preprocessing
+    return model, precision
 
-    # the study's own folder (its uuid under the root stored at launch): never another study's of the same name
-    checkpoints = study_place(trial.study.user_attrs, config.study.name).trial(lineage)
-    resume = checkpoints.load_latest()
+
+def _replay_history(trial: optuna.Trial, config: StudyConfig, resume: dict | None) -> list[float]:
+    """The curve so far: empty for a fresh start; a retry reports its original's finished epochs again, so its
+    curve is complete and the pruner judges it on the same steps."""
+    if resume is None:
+        return []
+    history = list(resume["history"])
+    if not config.study.multi_objective:
+        for epoch, value in enumerate(history, start=1):
+            trial.report(value, epoch)
+    trial.set_user_attr("resumed_from_epoch", resume["epoch"])
+    return history
+
+
+def _epoch_reporter(trial: optuna.Trial, config: StudyConfig, history: list[float], checkpoints,
+                    on_epoch: Callable[[EpochEvent], None]) -> Callable[[int, dict[str, float], Callable[[], dict]], None]:
+    """fit()'s on_epoch_end for this trial: report -> checkpoint -> prune?"""
+    metric = config.study.metric
     # Optuna takes no per-epoch reports from a trial with several objectives (and prunes none): its curve is
     # kept as the user attribute "curve" instead, for people and the dashboard.
     reporting = not config.study.multi_objective
-    history: list[float] = []
-    if resume is not None:
-        # A retry carries the epochs its original finished: report them again so this trial's
-        # curve is complete and the pruner judges it on the same steps.
-        history = list(resume["history"])
-        for epoch, value in enumerate(history, start=1):
-            if reporting:
-                trial.report(value, epoch)
-        trial.set_user_attr("resumed_from_epoch", resume["epoch"])
-
-    metric = config.study.metric
 
     def on_epoch_end(epoch: int, metrics: dict[str, float], snapshot: Callable[[], dict]) -> None:
         value = metrics[metric]
         history.append(value)
-        # report -> checkpoint -> prune? (a pruned trial's folder is deleted later by tuner/fleet/retention.py)
+        # (a pruned trial's folder is deleted later by tuner/fleet/retention.py)
         if reporting:
             trial.report(value, epoch)
         else:
@@ -140,31 +176,23 @@ def run_trial(
         checkpoints.save({**snapshot(), "history": history})
         prune = reporting and trial.should_prune()
         on_epoch(EpochEvent(trial.number, epoch, config.task.epochs, value, pruned=prune))
+        if prune and getattr(trial.study.pruner, "pauses", False):  # ASHA: a worker may promote it later
+            trial.set_user_attr(PAUSED_ATTR, epoch)
+            raise optuna.TrialPruned(f"paused at epoch {epoch} with {metric}={value:.4f}")
         if prune:
             trial.set_user_attr("pruned_at_epoch", epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={value:.4f}")
 
+    return on_epoch_end
+
+
+def _fit_config(config: StudyConfig, hp: HParams, seed: int, precision: str) -> FitConfig:
     batch_size, lr = batch_and_lr(hp, config.task.batch_size)
-    fit_config = FitConfig(epochs=config.task.epochs, batch_size=batch_size, lr=lr,
-                           weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed, precision=precision,
-                           distill_alpha=hp.distill_alpha, distill_temperature=hp.distill_temperature,
-                           prune_amount=hp.prune_amount, label_smoothing=hp.label_smoothing,
-                           momentum=hp.momentum, warmup_epochs=hp.warmup_epochs)
-    if hp.prune_amount > 0:
-        trial.set_user_attr("weights_pruned_at_epoch", prune_epoch(config.task.epochs))
-    if config.task.compile:
-        model.compile()  # in place: state_dict keys (checkpoints, export) stay those of the plain model
-    final = fit(model, data, fit_config, on_epoch_end, resume=resume, should_stop=should_stop, teacher=teacher)
-    trial.set_user_attr("nonzero_params", count_nonzero(model))  # the effective size, after any weight pruning
-    checkpoints.keep_only_newest()
-    if resume is not None and resume["epoch"] >= config.task.epochs:
-        value = history[-1]  # the original finished training before it died; its result stands
-    else:
-        value = final[metric]
-    if not config.study.multi_objective:
-        return value
-    return tuple(value if name == metric else _objective_value(name, trial, final)
-                 for name in config.study.objectives)
+    return FitConfig(epochs=config.task.epochs, batch_size=batch_size, lr=lr,
+                     weight_decay=hp.weight_decay, optimizer=hp.optimizer, seed=seed, precision=precision,
+                     distill_alpha=hp.distill_alpha, distill_temperature=hp.distill_temperature,
+                     prune_amount=hp.prune_amount, label_smoothing=hp.label_smoothing,
+                     momentum=hp.momentum, warmup_epochs=hp.warmup_epochs)
 
 
 def batch_and_lr(hp: HParams, task_batch_size: int) -> tuple[int, float]:

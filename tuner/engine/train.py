@@ -147,38 +147,15 @@ def fit(
         first_epoch = resume["epoch"] + 1
     pruning_at = prune_epoch(cfg.epochs) if cfg.prune_amount > 0 else None
     masks = _masks(model) if pruning_at is not None and first_epoch > pruning_at else []
-    distilling = teacher is not None and cfg.distill_alpha > 0
+    loss_fn = _loss(cfg, teacher)
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         if epoch == pruning_at:
             masks = prune_weights(model, cfg.prune_amount)
         # train one epoch (the lr for it was set by the scheduler step at the end of the last one)
-        model.train()
-        # one CPU generator draws the order and the augmentation: the same seed, the same batches anywhere
-        order = torch.randperm(data.num_train, generator=shuffle)
-        # summed on the device and checked once per epoch: a per-step .item() would stall a GPU
-        loss_sum = torch.zeros((), device=data.device)
-        for x, y in data.train(order, cfg.batch_size, shuffle):
-            if should_stop():
-                raise Interrupted(f"stopped during epoch {epoch}")
-            with autocast(data.device, cfg.precision):
-                logits = model(x)
-                if distilling:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                    loss = distillation_loss(logits, y, teacher_logits, cfg.distill_alpha, cfg.distill_temperature)
-                else:
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if masks:
-                with torch.no_grad():
-                    for weight, mask in masks:
-                        weight.mul_(mask)  # pruned weights stay zero while the rest fine-tune
-            loss_sum += loss.detach()
-        if not math.isfinite(loss_sum.item()):
-            raise TrialFailed(f"training loss is {loss_sum.item()} in epoch {epoch}")
+        loss_sum = _train_epoch(model, data, cfg, optimizer, shuffle, loss_fn, masks, should_stop, epoch)
+        if not math.isfinite(loss_sum):
+            raise TrialFailed(f"training loss is {loss_sum} in epoch {epoch}")
         scheduler.step()
 
         # evaluate, then hand the result to the caller (report / checkpoint / prune)
@@ -191,3 +168,42 @@ def fit(
 
         on_epoch_end(epoch, metrics, snapshot)
     return metrics
+
+
+def _loss(cfg: FitConfig, teacher: Callable[[torch.Tensor], torch.Tensor] | None
+          ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(logits, labels, images) -> the training loss: cross-entropy, or distillation from `teacher`."""
+    if teacher is None or cfg.distill_alpha <= 0:
+        return lambda logits, y, x: F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+
+    def distilled(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        return distillation_loss(logits, y, teacher_logits, cfg.distill_alpha, cfg.distill_temperature)
+
+    return distilled
+
+
+def _train_epoch(model: nn.Module, data: Batches, cfg: FitConfig, optimizer: torch.optim.Optimizer,
+                 shuffle: torch.Generator, loss_fn: Callable, masks: list, should_stop: Callable[[], bool],
+                 epoch: int) -> float:
+    """One pass over the training data; returns the summed loss (checked once per epoch: a per-step .item()
+    would stall a GPU)."""
+    model.train()
+    # one CPU generator draws the order and the augmentation: the same seed, the same batches anywhere
+    order = torch.randperm(data.num_train, generator=shuffle)
+    loss_sum = torch.zeros((), device=data.device)
+    for x, y in data.train(order, cfg.batch_size, shuffle):
+        if should_stop():
+            raise Interrupted(f"stopped during epoch {epoch}")
+        with autocast(data.device, cfg.precision):
+            loss = loss_fn(model(x), y, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if masks:
+            with torch.no_grad():
+                for weight, mask in masks:
+                    weight.mul_(mask)  # pruned weights stay zero while the rest fine-tune
+        loss_sum += loss.detach()
+    return loss_sum.item()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import optuna
 import sqlalchemy
 
+from tuner.fleet.asha import promotion_pending
 from tuner.store.budget import Counts, budget_lock, connection, trial_counts
 from tuner.spec.config import StudySection
 from tuner.store.storage import call_with_retry
@@ -64,11 +65,20 @@ def exhausted(study: StudySection, used: Spent) -> str:
 def study_done(storage: optuna.storages.RDBStorage, study_id: int, config, counts: Counts | None = None) -> str:
     """Why the study is over ("" while it is not): its trial budget, or its compute budget, is spent."""
     counts = counts or trial_counts(storage, study_id)
-    if config.study.n_trials and counts.finished >= config.study.n_trials:
+    if config.study.n_trials and counts.finished >= config.study.n_trials and not _promotions_left(
+            storage, study_id, config, counts):
         return f"{counts.finished} of {config.study.n_trials} trials"
     if config.study.compute_budget:
         return exhausted(config.study, spent(storage, study_id))
     return ""
+
+
+def _promotions_left(storage: optuna.storages.RDBStorage, study_id: int, config, counts: Counts) -> bool:
+    """ASHA: n_trials counts configurations, and the study goes on while a trial runs or waits (it may make a
+    paused one promotable) or a paused trial can be promoted now."""
+    if config.pruner.get("type") != "asha":
+        return False
+    return counts.active > 0 or promotion_pending(storage, study_id, config)
 
 
 def budget_parts(study: StudySection, finished: int, used: Spent | None) -> list[tuple[float, str]]:

@@ -1,4 +1,5 @@
-"""Lineages: a trial and the trials that continue it (retries), which share its seed and its checkpoints."""
+"""Lineages: a trial and the trials that continue it (its retries, and with ASHA its promotions), which share
+its seed and its checkpoint folder."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 
 def lineage_number(trial: optuna.trial.BaseTrial | optuna.trial.FrozenTrial) -> int:
-    """The number of the first trial in a retry chain: retries share its seed and checkpoints."""
+    """The number of the lineage's first trial: a promotion names it (user attribute `lineage`, which its retries
+    copy); a retry names the trial it retries (Optuna's `failed_trial`); else the trial is the first itself."""
     frozen = trial if isinstance(trial, optuna.trial.FrozenTrial) else trial.study._storage.get_trial(
         trial._trial_id)
+    if "lineage" in frozen.user_attrs:
+        return int(frozen.user_attrs["lineage"])
     with warnings.catch_warnings():  # "experimental" since Optuna 2.8; `tuner export` must not print it
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)

@@ -23,7 +23,8 @@ from tuner.fleet.study import history
 
 # user attributes that describe one run of a trial, not its params: a retry starts without them
 # (epochs_trained / train_seconds: what this run used of the compute budget, tuner/fleet/compute.py; a retry claims anew)
-RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch", "worker", "epochs_trained", "train_seconds")
+RUN_ATTRS = ("fail_reason", "wall_time_s", "pruned_at_epoch", "paused_at_epoch", "worker", "epochs_trained",
+             "train_seconds")
 COUNTED_FAILURES = "tuner_counted_failures"  # system attr of a retry: its lineage's failures that use up retries
 
 # fail_reason of trials that failed for the infrastructure, not the objective: they are retried and do not

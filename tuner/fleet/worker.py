@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from tuner.fleet.asha import PAUSED_ATTR, AshaPruner, make_asha_pruner, promotable, promote
 from tuner.store.budget import budget_lock, can_start, trial_counts
 from tuner.fleet.compute import TrialCompute, study_done
 from tuner.spec.config import StudyConfig
@@ -156,7 +157,7 @@ class Worker:
                                retry_seconds=self.db_retry_seconds)
         # the sampler is replaced by one seeded for this worker as it asks for its first trial (_next_trial_once)
         study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
-                                  pruner=make_pruner(config.pruner))
+                                  pruner=_make_pruner(config))
         self.seeded = False
         objective = self.make_objective(config)
         self.storage = storage  # the RDBStorage itself (study._storage is Optuna's caching wrapper)
@@ -198,12 +199,17 @@ class Worker:
                 raise TunerError(f"study {study.study_name!r}: {failures} trials failed "
                                  f"(study.max_failures = {config.study.max_failures}); see `tuner status` "
                                  "and the trials' fail_reason")
-            if not can_start(counts, config.study.n_trials):
+            paused = self._promotable(study, config)
+            if paused is None and not can_start(counts, config.study.n_trials):
                 return _WAIT
             if not self.seeded:  # under the lock: workers that start together still get distinct ordinals
                 ordinal = take_ordinal(storage, study_id)
                 study.sampler = make_sampler(config.study.sampler, sampler_seed(config, ordinal))
                 self.seeded = True
+            if paused is not None:  # queued now and taken by the ask below (or a queued retry goes first)
+                promote(study, paused)
+                _log.info("trial %d promoted (paused at epoch %d): it resumes from its checkpoint", paused.number,
+                          paused.user_attrs[PAUSED_ATTR])
             # No heartbeat is written here: the trial's heartbeat thread writes its first one as it starts,
             # and the reaper starts the clock for a trial whose worker died before that.
             trial = study.ask()
@@ -211,6 +217,12 @@ class Worker:
                 self.compute[trial._trial_id] = TrialCompute(storage, study_id, trial._trial_id, config.study)
                 self.compute[trial._trial_id].claim_first()
             return trial
+
+    def _promotable(self, study: optuna.Study, config: StudyConfig) -> optuna.trial.FrozenTrial | None:
+        """ASHA: the paused trial a worker asking for work promotes first (call under the budget lock)."""
+        if not isinstance(study.pruner, AshaPruner):
+            return None
+        return promotable(study.get_trials(deepcopy=False), study.pruner, config.study.direction == "maximize")
 
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, objective: Callable) -> None:
         # The heartbeat runs until the result is stored, not just until training ends: telling can wait
@@ -299,6 +311,12 @@ class Worker:
         _log.warning("trial %d was failed by another worker while this one was unresponsive; "
                      "dropping its result (its retry counts instead)", trial.number)
         self.on_trial(TrialEvent(study.study_name, trial.number, "LOST", None, "heartbeat lost"))
+
+
+def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    if config.pruner.get("type") == "asha":  # a scheduler: pauses and promotes (tuner.fleet.asha)
+        return make_asha_pruner(config)
+    return make_pruner(config.pruner)
 
 
 def _values(value: float | Sequence[float]) -> list[float]:

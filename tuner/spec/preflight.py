@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuner.spec.config import TaskSection
+from tuner.spec.sections import TaskSection
 from tuner.errors import TunerError
 from tuner.spec.plugins import is_plugin, load_plugin
 

@@ -39,6 +39,11 @@ PRUNERS: dict[str, tuple[type[optuna.pruners.BasePruner], dict[str, Any]]] = {
                   {"lower": float, "upper": float, "n_warmup_steps": int, "interval_steps": int}),
     "none": (optuna.pruners.NopPruner, {}),
 }
+# tuner's own schedulers, which pause trials and resume them later rather than stopping them (built by the fleet,
+# tuner.fleet.asha): type -> {key: kind}. Their defaults: Syne Tune's and Li et al.'s (1 epoch, a factor of 3).
+SCHEDULERS: dict[str, dict[str, Any]] = {"asha": {"min_resource": int, "reduction_factor": int}}
+SCHEDULER_DEFAULTS = {"asha": {"min_resource": 1, "reduction_factor": 3}}
+
 # Keys Optuna requires (no default), and the ranges it accepts, checked here so the error names the key.
 REQUIRED = {"percentile": ("percentile",), "patient": ("patience",)}
 RANGES = {"percentile": (0.0, 100.0), "p_threshold": (0.0, 1.0), "interval_steps": (1, None), "n_min_trials": (1, None),
@@ -64,12 +69,12 @@ def pruner_options(raw: Mapping[str, Any], epochs: int, fail) -> dict[str, Any]:
     """The `[pruner]` table, checked and completed with tuner's defaults; `fail(key, message, value)` makes
     the one-line error. Returns {"type": ..., key: value, ...} as stored."""
     kind = raw.get("type", "median")
-    if kind not in PRUNERS:
-        raise fail("pruner.type", f"must be one of {', '.join(PRUNERS)}", kind)
+    if kind not in PRUNERS and kind not in SCHEDULERS:
+        raise fail("pruner.type", f"must be one of {', '.join([*PRUNERS, *SCHEDULERS])}", kind)
     options = {k: v for k, v in raw.items() if k != "type"}
     if kind == "none":  # configs stored before the [pruner] table took each pruner's own keys carry these two
         options = {k: v for k, v in options.items() if k not in ("n_startup_trials", "n_warmup_steps")}
-    keys = dict(PRUNERS[kind][1])
+    keys = dict(PRUNERS[kind][1] if kind in PRUNERS else SCHEDULERS[kind])
     wraps = options.get("wraps", "median") if kind == "patient" else None
     if wraps is not None:
         if wraps not in WRAPPABLE:
@@ -89,8 +94,18 @@ def pruner_options(raw: Mapping[str, Any], epochs: int, fail) -> dict[str, Any]:
     completed = {"type": kind, **_defaults(wraps or kind, epochs), **options}
     if kind == "patient":
         completed.setdefault("wraps", "median")
-    _check_by_building(completed, fail)
+    if kind in SCHEDULERS:
+        _check_rungs(completed, epochs, fail)
+    else:
+        _check_by_building(completed, fail)
     return completed
+
+
+def _check_rungs(options: Mapping[str, Any], epochs: int, fail) -> None:
+    """ASHA needs at least one rung below task.epochs, or it would pause nothing."""
+    if options["min_resource"] >= epochs:
+        raise fail("pruner.min_resource", f"must be below task.epochs ({epochs}): the first rung is where "
+                   "trials are compared", options["min_resource"])
 
 
 def _defaults(kind: str, epochs: int) -> dict[str, Any]:
@@ -98,7 +113,7 @@ def _defaults(kind: str, epochs: int) -> dict[str, Any]:
     finished trials and a warm-up of a share of the epochs (Optuna's default warm-up is 0)."""
     if kind in ("median", "percentile"):
         return {"n_startup_trials": DEFAULT_STARTUP_TRIALS, "n_warmup_steps": default_warmup(epochs)}
-    return {}
+    return dict(SCHEDULER_DEFAULTS.get(kind, {}))
 
 
 def _check_kind(key: str, value: Any, kind: Any, fail) -> None:
@@ -136,8 +151,10 @@ def _check_by_building(options: Mapping[str, Any], fail) -> None:
 
 
 def make_pruner(options: Mapping[str, Any]) -> optuna.pruners.BasePruner:
-    """The Optuna pruner of a checked `[pruner]` table."""
+    """The Optuna pruner of a checked `[pruner]` table (a scheduler's is built by the fleet: tuner.fleet.asha)."""
     kind = options["type"]
+    if kind in SCHEDULERS:
+        raise ValueError(f"pruner type {kind!r} is a scheduler: build it with tuner.fleet.asha")
     cls, keys = PRUNERS[kind]
     own = {k: v for k, v in options.items() if k in keys and k != "wraps"}
     with warnings.catch_warnings():  # PatientPruner and WilcoxonPruner are "experimental"; we mean to use them

@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from tuner.spec.config import SPACE_PARAMS, ParamSpec
+from tuner.spec.sections import SPACE_PARAMS, ParamSpec
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,16 @@
 
 Optuna counts n_trials per process, so N workers overshoot by up to N-1. Here every worker takes the
 study's lock, counts trials by state, and only then asks for a trial, so exactly n_trials end
-COMPLETE or PRUNED. FAILed trials do not use the budget; their retries (WAITING) do.
+COMPLETE or PRUNED. FAILed trials do not use the budget; their retries (WAITING) do. A trial that continues a
+paused one (an ASHA promotion, user attribute `promoted_from`) uses no slot either: n_trials counts
+configurations, and such trials are counted apart (Counts.continued).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import threading
 from collections.abc import Iterator
@@ -28,11 +31,13 @@ HOLDER_IDLE_LIMIT_MS = 10_000
 # How long a waiter blocks for the lock at a time before it gives its connection back and queues again.
 WAIT_TURN_MS = 1000
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+CONTINUATION_ATTR = "promoted_from"  # user attribute of a trial that continues a paused one (tuner.fleet.asha)
 
 
 @dataclass(frozen=True)
 class Counts:
-    by_state: dict[str, int]
+    by_state: dict[str, int]  # configurations: trials that start one, and their retries
+    continued: dict[str, int] = dataclasses.field(default_factory=dict)  # promotions of paused trials, by state
 
     def __getitem__(self, state: str) -> int:
         return self.by_state.get(state, 0)
@@ -45,6 +50,12 @@ class Counts:
     def committed(self) -> int:
         """Trials that hold a budget slot: finished, running, or queued for a retry."""
         return self.finished + self["RUNNING"] + self["WAITING"]
+
+    @property
+    def active(self) -> int:
+        """Trials running or queued, promotions included: while any is, a paused trial may still be promoted."""
+        return (self["RUNNING"] + self["WAITING"] + self.continued.get("RUNNING", 0)
+                + self.continued.get("WAITING", 0))
 
 
 _held = threading.local()  # this thread's budget-lock connection, while it holds the lock
@@ -66,18 +77,27 @@ def connection(storage: optuna.storages.RDBStorage) -> Iterator[sqlalchemy.Conne
         yield conn
 
 
+_COUNTS = sqlalchemy.text(
+    "SELECT t.state, a.trial_id IS NOT NULL AS continued, COUNT(*) FROM trials t "
+    f"LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = '{CONTINUATION_ATTR}' "
+    "WHERE t.study_id = :sid GROUP BY t.state, continued")
+
+
 def trial_counts(storage: optuna.storages.RDBStorage, study_id: int) -> Counts:
-    query = sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
     with connection(storage) as conn:
-        rows = conn.execute(query, {"sid": study_id}).all()
+        rows = conn.execute(_COUNTS, {"sid": study_id}).all()
     # Optuna stores the TrialState name ("COMPLETE"); older SQLite files may hold the enum repr.
-    return Counts(collections.Counter({str(state).split(".")[-1]: n for state, n in rows}))
+    configs, continued = collections.Counter(), collections.Counter()
+    for state, is_continued, n in rows:
+        (continued if is_continued else configs)[str(state).split(".")[-1]] += n
+    return Counts(configs, continued)
 
 
 def can_start(counts: Counts, n_trials: int) -> bool:
     """A queued retry may always run (it already holds its slot); otherwise only below the budget
     (n_trials 0: the study has no trial budget, only a compute budget, which tuner.fleet.compute enforces)."""
-    return counts["WAITING"] > 0 or not n_trials or counts.committed < n_trials
+    return counts["WAITING"] > 0 or counts.continued.get("WAITING", 0) > 0 or not n_trials \
+        or counts.committed < n_trials
 
 
 def _wait_for_lock(conn: sqlalchemy.Connection, study_id: int) -> None:

@@ -1,0 +1,143 @@
+"""The [study], [pruner], [task] and [worker] sections' values, checked once their keys and types are read.
+
+Each public check takes (checker, the section's raw table, the sections so far) and returns the section's value,
+defaults resolved (tuner.spec.config walks them in order); the private ones check one concern each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tuner.errors import TunerError
+from tuner.spec.checker import Checker
+from tuner.spec.plugins import is_plugin
+from tuner.spec.search import pruner_options
+from tuner.spec.sections import (AUGMENTATIONS, DATASETS, DEFAULT_MAX_FAILURES, DEFAULT_N_TRIALS, METRICS, MODELS,
+                                 PRECISIONS, SIZE_OBJECTIVES, StudySection, TaskSection, WorkerSection)
+
+
+def _check_objectives(c: Checker, study: StudySection, given: dict[str, Any]) -> StudySection:
+    """metric/direction for one objective, or objectives/directions for several (a Pareto front)."""
+    if not study.objectives:
+        if study.directions:
+            raise c.fail("study.directions", "needs study.objectives (for one objective: direction)", study.directions)
+        c.one_of(study.direction, ("maximize", "minimize"), "study.direction")
+        c.one_of(study.metric, tuple(METRICS), "study.metric")
+        if METRICS[study.metric] != study.direction:
+            raise c.fail("study.direction", f"must be {METRICS[study.metric]} for metric {study.metric}",
+                         study.direction)
+        return study
+    natural = {**METRICS, **SIZE_OBJECTIVES}
+    if len(study.objectives) < 2:
+        raise c.fail("study.objectives", "needs two or more (for one objective: metric = ...)", list(study.objectives))
+    for i, objective in enumerate(study.objectives):
+        c.one_of(objective, tuple(natural), f"study.objectives[{i}]")
+    if len(set(study.objectives)) != len(study.objectives):
+        raise c.fail("study.objectives", "must not repeat a name", list(study.objectives))
+    metrics = [o for o in study.objectives if o in METRICS]
+    if not metrics:
+        raise c.fail("study.objectives", f"needs a training metric among them ({', '.join(METRICS)})",
+                     list(study.objectives))
+    directions = study.directions or tuple(natural[o] for o in study.objectives)
+    if len(directions) != len(study.objectives):
+        raise c.fail("study.directions", f"needs one direction per objective ({len(study.objectives)})",
+                     list(directions))
+    for objective, direction in zip(study.objectives, directions):
+        if direction != natural[objective]:
+            raise c.fail("study.directions", f"must be {natural[objective]} for objective {objective}",
+                         list(directions))
+    # metric/direction go with one objective; here they are the first training metric's (reported each epoch),
+    # which is what a stored config holds
+    resolved = {"metric": metrics[0], "direction": METRICS[metrics[0]]}
+    for key, value in resolved.items():
+        if key in given and given[key] != value:
+            raise c.fail(f"study.{key}", f"goes with one objective; with study.objectives it is {value!r} (the "
+                         "first training metric among them, the one reported each epoch)", given[key])
+    return dataclasses.replace(study, directions=directions, **resolved)
+
+
+def _check_budgets(c: Checker, study: StudySection, given: dict[str, Any]) -> StudySection:
+    # 0 is "no such budget" (what a stored config holds for the budgets the file did not set)
+    for key in ("n_trials", "max_epochs", "max_params", "max_gpu_hours"):
+        c.at_least(getattr(study, key), 0, f"study.{key}")
+    if not (study.n_trials or study.compute_budget):
+        if "n_trials" in given:
+            raise c.fail("study.n_trials", "must be >= 1 (or set study.max_epochs / study.max_gpu_hours)", 0)
+        study = dataclasses.replace(study, n_trials=DEFAULT_N_TRIALS)
+    if study.max_failures == 0:
+        study = dataclasses.replace(study, max_failures=study.n_trials or DEFAULT_MAX_FAILURES)
+    return study
+
+
+def _check_task_data(c: Checker, task: TaskSection) -> None:
+    """What the dataset and model need: weights a backbone can load, a data folder, sizes that can train."""
+    if task.weights != "none" and task.model == "cnn":
+        raise c.fail("task.weights", "needs a torchvision backbone model (the cnn has no pretrained weights)",
+                     task.weights)
+    if task.dataset in ("imagefolder", "cifar10", "cifar100") and not task.data_dir:
+        raise TunerError(f"{c.source}: task.data_dir is required for dataset {task.dataset!r}")
+    c.at_least(task.image_size, 8, "task.image_size")
+    c.at_least(task.num_classes, 2, "task.num_classes")
+    c.at_least(task.num_samples, 10 * task.num_classes, "task.num_samples")
+
+
+def check_study(c: Checker, raw: Any, sections: dict[str, Any]) -> StudySection:
+    """[study]: a name, one objective or several, the budgets; `raw` tells what the file set (not a default)."""
+    study = sections["study"]
+    if not study.name.strip():
+        raise c.fail("study.name", "must not be empty", study.name)
+    study = _check_objectives(c, study, raw)
+    study = _check_budgets(c, study, raw)
+    c.at_least(study.max_retries, 0, "study.max_retries")
+    c.at_least(study.max_failures, 0, "study.max_failures")
+    c.at_least(study.keep_best, 1, "study.keep_best")
+    return study
+
+
+def check_pruner(c: Checker, raw: Any, sections: dict[str, Any]) -> dict[str, Any]:
+    """[pruner]: `type` plus the Optuna pruner's keyword arguments, defaults filled in (tuner.spec.search)."""
+    study, task = sections["study"], sections["task"]
+    # The pruner's default warm-up is a share of task.epochs, so the epochs are checked before it.
+    c.at_least(task.epochs, 1, "task.epochs")
+    if not isinstance(raw, dict):
+        raise c.fail("pruner", "must be a table", raw)
+    if study.multi_objective:
+        if raw.get("type", "none") != "none":  # what is stored for such a study is {type = "none"}
+            raise c.fail("pruner", "cannot be used with several objectives (Optuna prunes single-objective "
+                         "trials only): remove the [pruner] section", raw)
+        return {"type": "none"}
+    return pruner_options(raw, task.epochs, c.fail)
+
+
+def check_task(c: Checker, raw: Any, sections: dict[str, Any]) -> TaskSection:
+    """[task]: the data and the model by name (or a plug-in's "module:callable"), the split, the training."""
+    task = sections["task"]
+    if not is_plugin(task.dataset):
+        c.one_of(task.dataset, DATASETS + ("module:callable of your own",), "task.dataset")
+    if not is_plugin(task.model):
+        c.one_of(task.model, MODELS + ("module:callable of your own",), "task.model")
+    c.at_least(task.batch_size, 1, "task.batch_size")
+    if not 0 < task.val_fraction < 1:
+        raise c.fail("task.val_fraction", "must be between 0 and 1", task.val_fraction)
+    if not 0 <= task.test_fraction < 1 - task.val_fraction:
+        raise c.fail("task.test_fraction", f"must be >= 0 and < 1 - val_fraction ({1 - task.val_fraction:g})",
+                     task.test_fraction)
+    if not task.augment:  # the dataset's default, stored resolved: a mirrored digit is another digit
+        task = dataclasses.replace(task, augment="crop" if task.dataset == "digits" else "standard")
+    c.one_of(task.augment, AUGMENTATIONS, "task.augment")
+    c.at_least(task.resident_memory_gb, 0, "task.resident_memory_gb")
+    c.one_of(task.precision, PRECISIONS, "task.precision")
+    _check_task_data(c, task)
+    return task
+
+
+def check_worker(c: Checker, raw: Any, sections: dict[str, Any]) -> WorkerSection:
+    """[worker]: the heartbeat timings, each >= 1 s; a trial is dead only after more than one heartbeat interval."""
+    worker = sections["worker"]
+    for key in ("heartbeat_interval", "grace_period", "reaper_period"):
+        c.at_least(getattr(worker, key), 1, f"worker.{key}")
+    if worker.grace_period <= worker.heartbeat_interval:
+        raise c.fail("worker.grace_period", f"must be > heartbeat_interval ({worker.heartbeat_interval})",
+                     worker.grace_period)
+    return worker
