@@ -14,6 +14,8 @@ a 100-trial study costs ~10 s of Optuna's storage and TPE instead of the ~3 min 
     python bench/pruning.py run --seeds 5 --trials 100          # every pruner setting x every seed
     python bench/pruning.py run --seeds 2 --trials 40 --pruners none median-w2   # a subset
     python bench/pruning.py run --seeds 5 --trials 100 --skip wilcoxon           # all but the slow one
+    python bench/pruning.py run --seeds 5 --trials 100 --budget-fraction 0.25 \
+        --pruners none median successive_halving hyperband asha asha-rf2          # at an equal epoch budget
 
 Per pruner setting, over the seeds (median, and min-max in brackets): epochs trained as % of the no-pruning run
 of the same seed, best value, its gap to no pruning's best (points of accuracy), how many seeds end within
@@ -23,6 +25,19 @@ completion). Seed s is the study's seed: one Worker per study samples with the s
 pruner setting of seed s starts from the same TPE seed, and a second run of the script prints the same figures
 (all but the seconds). 'top pruned' counts pruned trials whose replayed curve would have ended within 0.5 points
 of the best recorded curve: good configs a pruner stopped, whether or not the study found them again.
+
+ASHA (`asha`, `asha-rf2`: tuner's [pruner] type = "asha", which pauses trials at rungs and promotes them later):
+the objective resumes a promotion as run_trial does (make_objective_factory), and a trial's epochs are the steps
+it reported after its `resumed_from_epoch`, so a lineage's replayed epochs count once. With a trial budget ASHA's
+n_trials counts configurations, and 'pruned' counts trials stopped for good (a paused trial promoted since is not).
+
+--budget-fraction F compares at an equal epoch budget instead: per seed, no pruning with --trials trials runs
+first (the reference row, none@full); then every setting, 'none' too (= train fewer configs to the end), runs
+with [study] max_epochs = F x the reference's epochs and no trial cap, so it spends exactly the same epochs
+(tuner's compute budget: every epoch claimed under the budget lock). Printed per setting: best, gap to
+none@full, best by 10/25/50% of its own budget, trials and configurations started, trials trained to the end,
+and a check that each budgeted study trained exactly max_epochs, that tuner's `epochs_trained` matches the
+epochs each trial trained, and that every promotion resumed its paused trial's epoch and curve.
 
 wilcoxon is slow, and not because of tuner: Optuna's WilcoxonPruner runs scipy.stats.wilcoxon at every epoch, and with
 scipy 1.17 a sample with ties or zero differences (accuracies on 324 validation images have plenty) of up to 13
@@ -46,6 +61,7 @@ import tomllib
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -71,7 +87,14 @@ PRUNERS: dict[str, dict] = {
     "wilcoxon": {"type": "wilcoxon"},
     "patient-2-median": {"type": "patient", "patience": 2, "wraps": "median"},
     "threshold-0.2": {"type": "threshold", "lower": 0.2},
+    "median": {"type": "median"},  # tuner's default: n_startup_trials 5, warm-up ceil(0.2 x task.epochs)
+    "asha": {"type": "asha"},  # tuner's scheduler: pauses at rungs and promotes (min_resource 1, reduction_factor 3)
+    "asha-rf2": {"type": "asha", "reduction_factor": 2},
 }
+ALIASES = {"successive_halving": "successive-halving", "asha-rf3": "asha", "none@budget": "none"}
+BUDGET_ONLY = ("median", "asha", "asha-rf2")  # not in the default set of the trial-budget mode (the 2026-11-24 table)
+BUDGET_ARMS = ["none", "median", "successive-halving", "hyperband", "asha", "asha-rf2"]  # --budget-fraction's default
+REFERENCE = "none@full"  # --budget-fraction: no pruning with --trials trials and no epoch budget
 
 
 def machine() -> str:
@@ -224,27 +247,56 @@ class Surrogate:
 
 
 def make_objective_factory(surrogate: Surrogate):
-    """What Worker takes: config -> objective(trial, should_stop, on_epoch), reporting like run_trial."""
+    """What Worker takes: config -> objective(trial, should_stop, on_epoch), reporting like run_trial.
+
+    Resuming, as run_trial does with ASHA's promotions (and retries): each study's objective keeps a stand-in
+    for the checkpoint folders, lineage -> the last epoch a trial of it trained (saved after each epoch, like
+    checkpoints.save). A trial whose lineage has one (a promotion: user attribute `lineage`, tuner.fleet.lineage)
+    re-reports the recorded curve's first `resumed` epochs with trial.report (no should_prune on them, like
+    _replay_history), sets `resumed_from_epoch`, and trains on from resumed + 1 along the same recorded curve; a
+    promotion without one fails as run_trial's does. A pause (the pruner's `pauses`) sets `paused_at_epoch`."""
     import optuna
 
-    from tuner.errors import Interrupted
+    from tuner.errors import Interrupted, TrialFailed
     from tuner.engine.objective import EpochEvent
+    from tuner.fleet.lineage import lineage_number
     from tuner.spec.space import suggest_hparams
 
     def make_objective(config):
         metric = config.study.metric
+        epochs = config.task.epochs
+        saved: dict[int, int] = {}  # lineage -> last epoch trained: this study's "checkpoints"
 
         def objective(trial, should_stop, on_epoch) -> float:
             hp = suggest_hparams(trial, config.space)
             index = surrogate.nearest(hp.as_mapping())
             trial.set_user_attr("surrogate_config", index)
-            curve = surrogate.configs[index]["val_accuracy"][:config.task.epochs]
-            for epoch, value in enumerate(curve, start=1):
+            curve = surrogate.configs[index]["val_accuracy"][:epochs]
+            lineage = lineage_number(trial)
+            resumed = saved.get(lineage, 0)
+            promoted_from = trial.user_attrs.get("promoted_from")
+            if promoted_from is not None and not resumed:
+                raise TrialFailed(f"the checkpoint of paused trial {promoted_from} is gone: it cannot be resumed")
+            if promoted_from is not None and trial.user_attrs.get("promoted_at_epoch", resumed) != resumed:
+                trial.set_user_attr("surrogate_resume_mismatch", resumed)  # promoted at one epoch, resumed at another
+            if resumed:
+                for epoch, value in enumerate(curve[:resumed], start=1):
+                    trial.report(value, epoch)
+                trial.set_user_attr("resumed_from_epoch", resumed)
+                if resumed >= epochs:  # the original finished training before it died; its result stands
+                    return curve[-1]
+            for epoch in range(resumed + 1, epochs + 1):
+                value = curve[epoch - 1]
                 if should_stop():
                     raise Interrupted(f"stopped during epoch {epoch}")
                 trial.report(value, epoch)
+                trial.set_user_attr("epochs_run", epoch)
+                saved[lineage] = epoch
                 prune = trial.should_prune()
-                on_epoch(EpochEvent(trial.number, epoch, config.task.epochs, value, pruned=prune))
+                on_epoch(EpochEvent(trial.number, epoch, epochs, value, pruned=prune))
+                if prune and getattr(trial.study.pruner, "pauses", False):  # ASHA: a worker may promote it later
+                    trial.set_user_attr("paused_at_epoch", epoch)
+                    raise optuna.TrialPruned(f"paused at epoch {epoch} with {metric}={value:.4f}")
                 if prune:
                     trial.set_user_attr("pruned_at_epoch", epoch)
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} with {metric}={value:.4f}")
@@ -258,12 +310,30 @@ def make_objective_factory(surrogate: Surrogate):
 # ---------------------------------------------------------------------------------------------- run
 
 
-def study_dict(name: str, seed: int, trials: int, epochs: int, pruner: dict) -> dict:
+def study_dict(name: str, seed: int, trials: int, epochs: int, pruner: dict, max_epochs: int = 0) -> dict:
+    """The study file of one run; max_epochs > 0 gives it an epoch budget instead of a trial budget (n_trials 0:
+    no cap on trials)."""
     raw = digits_study()
-    raw["study"].update(name=name, seed=seed, n_trials=trials, sampler="tpe")
+    raw["study"].update(name=name, seed=seed, sampler="tpe")
+    if max_epochs:
+        raw["study"].update(n_trials=0, max_epochs=max_epochs)
+    else:
+        raw["study"]["n_trials"] = trials
     raw["task"]["epochs"] = epochs
     raw["pruner"] = dict(pruner)
     return raw
+
+
+class Row(NamedTuple):
+    """One trial, as the summaries read it."""
+
+    state: str
+    value: float | None
+    epochs: int  # epochs this trial trained: its reported steps after the one it resumed from (replays excluded)
+    final: float  # the final value its replayed curve would have reached
+    promoted: bool  # it continues a paused trial (ASHA): not a new configuration
+    continued: bool  # a later trial continues it: paused, and promoted since (not stopped for good)
+    claimed: int | None  # its `epochs_trained` (tuner's compute budget), None without one
 
 
 def run_study(url: str, name: str, raw: dict, make_objective, surrogate: Surrogate) -> dict:
@@ -286,30 +356,57 @@ def run_study(url: str, name: str, raw: dict, make_objective, surrogate: Surroga
         raise SystemExit(f"worker exited with {code} on study {name!r}")
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
     order = sorted(trials, key=lambda t: (t.datetime_complete or datetime.max, t.number))
-    # (state, value, epochs trained, the final value its replayed curve would have reached)
-    rows = [(t.state.name, t.value, len(t.intermediate_values),
-             surrogate.configs[t.user_attrs["surrogate_config"]]["val_accuracy"][-1]) for t in order]
-    return {"rows": rows, "wall_s": wall, "pruner": config.pruner}  # the [pruner] table as stored: defaults filled in
+    continued = {t.user_attrs["promoted_from"] for t in trials if "promoted_from" in t.user_attrs}
+    rows = [Row(t.state.name, t.value,
+                sum(step > t.user_attrs.get("resumed_from_epoch", 0) for step in t.intermediate_values),
+                surrogate.configs[t.user_attrs["surrogate_config"]]["val_accuracy"][-1],
+                "promoted_from" in t.user_attrs, t.number in continued, t.user_attrs.get("epochs_trained"))
+            for t in order]
+    # what looked wrong in tuner's ASHA, if anything: a promotion that did not resume where its trial paused
+    by_number = {t.number: t for t in trials}
+
+    def resumed_elsewhere(t) -> bool:  # a promotion that did not resume at its paused trial's epoch and curve
+        before = by_number[t.user_attrs["promoted_from"]]
+        paused = before.user_attrs.get("paused_at_epoch")
+        return (t.user_attrs.get("resumed_from_epoch") != paused or t.params != before.params
+                or {s: v for s, v in t.intermediate_values.items() if s <= (paused or 0)} != before.intermediate_values)
+
+    checks = {
+        "promotions without resumed_from_epoch": sum("promoted_from" in t.user_attrs
+                                                     and "resumed_from_epoch" not in t.user_attrs for t in trials),
+        "promotions not resuming their paused trial": sum("promoted_from" in t.user_attrs and resumed_elsewhere(t)
+                                                          for t in trials),
+        "promoted at one epoch, resumed at another": sum("surrogate_resume_mismatch" in t.user_attrs for t in trials),
+        "paused trials promoted twice": sum("promoted_from" in t.user_attrs for t in trials) - len(continued),
+        "epochs_trained != epochs trained": sum(r.claimed is not None and r.claimed != r.epochs for r in rows),
+    }
+    return {"rows": rows, "wall_s": wall, "pruner": config.pruner,  # the [pruner] table as stored: defaults filled in
+            "max_epochs": config.study.max_epochs, "checks": {k: v for k, v in checks.items() if v}}
 
 
-def summarise(rows: list, reference_epochs: int, top: float) -> dict:
-    """Epochs, best, and best-so-far at shares of the reference (no-pruning) epochs; rows in completion order."""
+def summarise(rows: list[Row], reference_epochs: int, top: float) -> dict:
+    """Epochs, best, and best-so-far at shares of `reference_epochs` (the no-pruning run's epochs, or the
+    run's own epoch budget); rows in completion order."""
     spent, best, at = 0, -math.inf, {}
     budgets = sorted(BUDGETS)
-    for state, value, epochs, _ in rows:
-        spent += epochs
+    for row in rows:
+        spent += row.epochs
         for b in budgets:
             if b not in at and spent > b * reference_epochs:
                 at[b] = best  # the best of the trials completed within the budget
-        if state == "COMPLETE" and value is not None:
-            best = max(best, value)
+        if row.state == "COMPLETE" and row.value is not None:
+            best = max(best, row.value)
     out_of_trials = [b for b in budgets if b not in at]
     for b in out_of_trials:  # it finished every trial within this budget: its final best
         at[b] = best
+    stopped = [r for r in rows if r.state == "PRUNED" and not r.continued]  # paused and promoted: not stopped
     return {"epochs": spent, "best": best, "at": at, "out_of_trials": out_of_trials,
-            "pruned": sum(r[0] == "PRUNED" for r in rows),
-            "top_pruned": sum(r[0] == "PRUNED" and r[3] >= top for r in rows),  # would have ended near the top
-            "failed": sum(r[0] not in ("COMPLETE", "PRUNED") for r in rows)}
+            "pruned": len(stopped),
+            "top_pruned": sum(r.final >= top for r in stopped),  # would have ended near the top
+            "failed": sum(r.state not in ("COMPLETE", "PRUNED") for r in rows),
+            "trials": len(rows), "configs": sum(not r.promoted for r in rows),
+            "complete": sum(r.state == "COMPLETE" for r in rows),
+            "claimed": sum(r.claimed or 0 for r in rows)}
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -332,12 +429,17 @@ def run(args) -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     surrogate = Surrogate(Path(args.curves))
     epochs = surrogate.epochs
-    labels = [label for label in args.pruners or list(PRUNERS) if label not in (args.skip or [])]
+    default = BUDGET_ARMS if args.budget_fraction else [label for label in PRUNERS if label not in BUDGET_ONLY]
+    skip = [ALIASES.get(label, label) for label in args.skip or []]
+    labels = [ALIASES.get(label, label) for label in args.pruners or default]
+    labels = list(dict.fromkeys(label for label in labels if label not in skip and label != REFERENCE))
     if "none" not in labels:
         labels = ["none"] + labels
     unknown = [label for label in labels if label not in PRUNERS]
     if unknown:
         raise SystemExit(f"unknown pruner settings {unknown}; known: {', '.join(PRUNERS)}")
+    if args.budget_fraction is not None and not 0 < args.budget_fraction <= 1:
+        raise SystemExit(f"--budget-fraction must be in (0, 1], not {args.budget_fraction}")
     rec = surrogate.recorded["recorded"]
     print(command_line())
     print(f"machine: {machine()}; optuna {optuna.__version__}")
@@ -345,6 +447,13 @@ def run(args) -> None:
     print(f"curves: {os.path.relpath(args.curves)}: {len(surrogate.configs)} real digits-CNN curves of {epochs} epochs "
           f"({surrogate.failed} failed configs left out; recorded {rec['date']}, {rec['seconds'] / 60:.1f} min); "
           f"best recorded final val_accuracy {surrogate.ceiling:.4f}")
+    if args.budget_fraction:
+        print(f"studies: sampler tpe, task.epochs {epochs}, seeds {args.seeds}, one in-process Worker each, SQLite in "
+              f"a temporary folder; {REFERENCE}: no pruning, n_trials {args.trials}, no epoch budget; every other arm: "
+              f"[study] max_epochs = {args.budget_fraction:g} x {REFERENCE}'s epochs of the same seed, no n_trials")
+        print()
+        run_budget(args, surrogate, labels)
+        return
     print(f"studies: sampler tpe, {args.trials} trials, task.epochs {epochs}, seeds {args.seeds}, one in-process "
           f"Worker each, SQLite in a temporary folder")
     print()
@@ -411,6 +520,110 @@ def run(args) -> None:
     print(f"\ntotal {wall / 60:.1f} min for {len(labels)} settings x {args.seeds} seeds x {args.trials} trials")
 
 
+def run_budget(args, surrogate: Surrogate, labels: list[str]) -> None:
+    """--budget-fraction: per seed, no pruning with --trials trials (the reference), then every setting in
+    `labels` with [study] max_epochs = fraction x the reference's epochs and no trial cap."""
+    factory = make_objective_factory(surrogate)
+    epochs = surrogate.epochs
+    arms = [REFERENCE] + labels
+    results: dict[str, list[dict]] = {arm: [] for arm in arms}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-pruning-") as tmp:
+        os.environ["TUNER_CHECKPOINT_DIR"] = os.path.join(tmp, "checkpoints")  # the objective writes none
+        url = f"sqlite:///{tmp}/bench.db"
+        for seed in range(args.seeds):
+            budget = 0
+            for arm in arms:
+                name = f"budget-{arm}-seed{seed}"
+                if arm == REFERENCE:
+                    raw = study_dict(name, seed, args.trials, epochs, PRUNERS["none"])
+                else:
+                    raw = study_dict(name, seed, 0, epochs, PRUNERS[arm], max_epochs=budget)
+                result = run_study(url, name, raw, factory, surrogate)
+                results[arm].append(result)
+                rows = result["rows"]
+                if arm == REFERENCE:
+                    budget = max(1, round(args.budget_fraction * sum(r.epochs for r in rows)))
+                if args.verbose:
+                    print(f"  seed {seed} {arm:<20} {result['wall_s']:6.1f} s  epochs {sum(r.epochs for r in rows):5d}"
+                          f" (claimed {sum(r.claimed or 0 for r in rows)}, max_epochs {result['max_epochs']})  "
+                          f"trials {len(rows)}  configs {sum(not r.promoted for r in rows)}  best "
+                          f"{max((r.value for r in rows if r.state == 'COMPLETE'), default=float('nan')):.4f}"
+                          f"{'  ' + json.dumps(result['checks']) if result['checks'] else ''}", flush=True)
+    wall = time.perf_counter() - started
+
+    full = [sum(r.epochs for r in res["rows"]) for res in results[REFERENCE]]
+    top = surrogate.ceiling - NEAR / 100
+    summary = {arm: [summarise(res["rows"], res["max_epochs"] or full[s], top) for s, res in enumerate(runs)]
+               for arm, runs in results.items()}
+    base = [r["best"] for r in summary[REFERENCE]]
+    head = (f"{'pruner':<20} {'max_epochs':>10} {'epochs % of budget':>20} {'best val_acc %':>22} "
+            f"{'gap to none@full':>22} {'within ' + str(NEAR):>10} "
+            + " ".join(f"{'best @' + format(b, '.0%') + ' budget':>22}" for b in BUDGETS)
+            + f" {'trials started':>15} {'configs started':>15} {'complete':>12} {'stopped':>12}"
+            f" {'top stopped':>11} {'s/study':>7}")
+    print(f"Medians over {args.seeds} seeds (min–max in brackets). Accuracy in %. {REFERENCE}: no pruning, "
+          f"{args.trials} trials, no epoch budget ({statistics.median(full):.0f} epochs); every other row: "
+          f"max_epochs = {args.budget_fraction:g} x that, no trial cap ('none' = train fewer configs to the end).")
+    print(f"'best' = best COMPLETE trial (trained to epoch {epochs}); gap = best − {REFERENCE}'s best of the same "
+          f"seed, in points; 'within' = seeds whose gap ≥ −{NEAR}.")
+    print("'best @x budget' = best value among the trials completed by the time the row had trained x of its own "
+          "budget (max_epochs; for none@full its epochs); † = some seeds had finished all their trials by then.")
+    print("'trials started' counts every trial (ASHA's promotions too); 'configs started' the configurations (trials "
+          "that continue no paused trial); 'complete' trials trained to the end; 'stopped' trials PRUNED and never "
+          f"resumed (pruned, paused for good, or stopped by the budget); 'top stopped' those of them whose curve ends "
+          f"≥ {100 * top:.2f}%.")
+    print(head)
+    print("-" * len(head))
+    for arm in arms:
+        rows = summary[arm]
+        own = [res["max_epochs"] or full[s] for s, res in enumerate(results[arm])]
+        pct = [100 * r["epochs"] / own[s] for s, r in enumerate(rows)]
+        best = [100 * r["best"] for r in rows]
+        gap = [100 * (r["best"] - base[s]) for s, r in enumerate(rows)]
+        within = sum(g >= -NEAR - 1e-9 for g in gap)
+        at_cells = []
+        for b in BUDGETS:
+            mark = "†" if any(b in r["out_of_trials"] for r in rows) else " "
+            at_cells.append(f"{spread([100 * r['at'][b] for r in rows], '.2f') + mark:>22}")
+        counts = [f"{spread([r[key] for r in rows], '.0f'):>{width}}"
+                  for key, width in (("trials", 15), ("configs", 15), ("complete", 12), ("pruned", 12),
+                                     ("top_pruned", 11))]
+        secs = statistics.median(res["wall_s"] for res in results[arm])
+        print(f"{arm:<20} {statistics.median(own):>10.0f} {spread(pct, '.1f'):>20} {spread(best, '.2f'):>22} "
+              f"{spread(gap, '+.2f'):>22} {f'{within}/{len(rows)}':>10} {' '.join(at_cells)} {' '.join(counts)} "
+              f"{secs:>7.1f}")
+        failed = sum(r["failed"] for r in rows)
+        if failed:
+            print(f"{'':<20} ({failed} trials ended neither COMPLETE nor PRUNED)")
+    print()
+    print("Checks (epochs counted from each trial's reported steps after its resumed_from_epoch; claimed = the "
+          "sum of tuner's epochs_trained):")
+    fine = True
+    for arm in arms:
+        for s, res in enumerate(results[arm]):
+            trained, claimed = summary[arm][s]["epochs"], summary[arm][s]["claimed"]
+            problems = dict(res["checks"])
+            if res["max_epochs"] and claimed != trained:
+                problems["claimed != trained"] = f"{claimed} != {trained}"
+            if res["max_epochs"] and trained > res["max_epochs"]:
+                problems["over max_epochs"] = f"{trained} > {res['max_epochs']}"
+            if res["max_epochs"] and trained < res["max_epochs"]:
+                problems["under max_epochs"] = f"{trained} < {res['max_epochs']}"
+            if problems:
+                fine = False
+                print(f"  {arm} seed {s}: {json.dumps(problems)}")
+    if fine:
+        print("  every budgeted study trained exactly its max_epochs; epochs_trained matched the epochs trained in "
+              "every trial; every promotion resumed where its trial paused, none twice")
+    print()
+    print("[pruner] tables as given, and as tuner stored them (its defaults filled in):")
+    for arm in arms:
+        given = PRUNERS["none" if arm == REFERENCE else arm]
+        print(f"  {arm:<20} {json.dumps(given)}  ->  {json.dumps(results[arm][0]['pruner'])}")
+    print(f"\ntotal {wall / 60:.1f} min for {len(arms)} arms x {args.seeds} seeds")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -426,6 +639,10 @@ def main() -> None:
     go.add_argument("--skip", nargs="+", help="settings to leave out, e.g. wilcoxon (the slow one: see the docstring)")
     go.add_argument("--curves", default=str(CURVES))
     go.add_argument("--verbose", action="store_true", help="a line per study as it ends")
+    go.add_argument("--budget-fraction", type=float, metavar="F",
+                    help="compare at an equal epoch budget: every setting gets [study] max_epochs = F x the epochs of "
+                         f"no pruning with --trials trials (that seed's; the reference row, {REFERENCE}) and no "
+                         "trial cap; 'none' then trains fewer configs to the end")
     args = parser.parse_args()
     record(args) if args.command == "record" else run(args)
 

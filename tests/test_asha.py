@@ -104,9 +104,27 @@ def test_a_paused_trial_is_promoted_and_resumes_from_its_checkpoint(pg_url, tmp_
     assert len(configs) == 4  # n_trials counts configurations
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert not promotable(trials, AshaPruner(1, 2, 3), maximize=True)  # ended with nothing left to promote
-    best = json.loads(tuner("best", "--study", "asha-resume", "--format", "json",
-                            env=tuner_env(pg_url, tmp_path)).stdout)
+    env = tuner_env(pg_url, tmp_path)
+    best = json.loads(tuner("best", "--study", "asha-resume", "--format", "json", env=env).stdout)
     assert best["trial"] == study.best_trial.number and study.best_trial.last_step == 3
+    # status tells paused from pruned: PRUNED holds the paused segments, and says how many were promoted
+    promoted = sum("promoted_from" in t.user_attrs for t in trials)
+    still_paused = sum("paused_at_epoch" in t.user_attrs for t in trials) - promoted
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    from tuner.fleet.study import study_status
+    from tuner.store.storage import make_storage
+
+    counts = study_status(make_storage(pg_url), "asha-resume").counts
+    assert (counts["PRUNED"], counts["paused"], counts["promoted"]) == (pruned, still_paused, promoted)
+    status = tuner("status", "--study", "asha-resume", env=env)
+    assert f"{pruned} ({still_paused} paused," in status.stdout, status.stdout
+    report = tuner("report", "--study", "asha-resume", "--out", str(tmp_path / "r.html"), env=env)
+    assert report.returncode == 0 and report.stderr == "", report.stderr
+    html = (tmp_path / "r.html").read_text()
+    trained = sum(t.user_attrs.get("epochs_run", t.last_step) - t.user_attrs.get("promoted_at_epoch", 0)
+                  for t in trials)
+    assert f'<span id="epochs-trained">{trained}</span>' in html, trained  # each lineage's epochs once
+    assert f'<span id="epochs-without-pruning">{4 * 3}</span>' in html  # 4 configurations x 3 epochs
 
 
 def test_three_workers_on_postgresql_spend_exactly_the_epoch_budget(pg_url, tmp_path):
@@ -153,3 +171,56 @@ def test_bad_asha_keys_are_one_line_at_launch_and_nothing_is_stored(pg_url, tmp_
     line = out.stderr.strip()
     assert len(line.splitlines()) == 1 and field in line and value in line, line
     assert optuna.get_all_study_names(storage=pg_url) == []
+
+
+def test_a_killed_worker_s_promoted_trial_is_retried_from_its_latest_checkpoint(pg_url, tmp_path):
+    import time
+
+    from conftest import BudgetLockHold, checkpoint_dir
+
+    enqueue = "".join(f"[[enqueue]]\nlr = {p['lr']}\nwidth = {p['width']}\n" for p in (GOOD, BAD))
+    path = study_file(tmp_path, "asha-kill", n_trials=6, epochs=4, pruner=ASHA, space=SPACE,
+                      extra='max_epochs = 40\nsampler = "random"',
+                      worker="heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1")
+    path.write_text(path.read_text() + enqueue)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    first = start_worker("asha-kill", env, tmp_path / "a.log")
+
+    def running_promotion():
+        return next((t for t in load(pg_url, "asha-kill").get_trials(states=(TrialState.RUNNING,))
+                     if "promoted_from" in t.user_attrs), None)
+
+    # Catch a promotion while it trains: with the budget lock held its worker can neither claim its next epoch
+    # nor start another trial, so what we see under the lock stays so until we kill the worker.
+    deadline, victim = time.monotonic() + 600, None
+    while victim is None:
+        assert time.monotonic() < deadline and first.poll() is None, "no promotion was caught running"
+        if running_promotion() is None:
+            time.sleep(0.05)
+            continue
+        hold = BudgetLockHold(pg_url, "asha-kill")
+        victim = running_promotion()
+        if victim is not None:
+            first.kill()
+            first.wait()
+            folder = checkpoint_dir(pg_url, "asha-kill") / str(victim.user_attrs["lineage"])
+            newest = max(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt"))
+        hold.release()
+    second = start_worker("asha-kill", env, tmp_path / "b.log")
+    assert wait_all([second], timeout=900) == [0], (tmp_path / "b.log").read_text()
+
+    study = load(pg_url, "asha-kill")
+    trials = study.get_trials()
+    killed = next(t for t in trials if t.number == victim.number)
+    assert killed.state == TrialState.FAIL and "no heartbeat" in killed.user_attrs["fail_reason"]
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.user_attrs["lineage"] == victim.user_attrs["lineage"] and retry.params == victim.params
+    assert retry.user_attrs["resumed_from_epoch"] == newest >= victim.user_attrs["promoted_at_epoch"]
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert len([t for t in trials if "promoted_from" not in t.user_attrs and t.state != TrialState.FAIL]) == 6
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    promoted = [t.user_attrs["promoted_from"] for t in trials if "promoted_from" in t.user_attrs
+                and t.state != TrialState.FAIL]
+    assert len(promoted) == len(set(promoted))  # each paused trial continued once (the retry replaced the FAIL)
+    assert sum(t.user_attrs.get("epochs_trained", 0) for t in trials) <= 40

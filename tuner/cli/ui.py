@@ -83,8 +83,10 @@ def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
         if s.front_size is not None:  # several objectives: no single best
             best = f"front of {s.front_size}"
         disk = "-" if s.checkpoint_bytes is None else human_bytes(s.checkpoint_bytes)  # "-": no folder on this host
-        table.add_row(s.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")),
-                      str(s.retries), best, s.budget, disk)
+        cells = [str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")]
+        if "paused" in c:  # ASHA: PRUNED holds the paused trials, and the segments that promotions continued
+            cells[1] += f" ({c['paused']} paused, {c['promoted']} promoted)"
+        table.add_row(s.name, *cells, str(s.retries), best, s.budget, disk)
     return table
 
 

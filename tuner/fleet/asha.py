@@ -25,6 +25,7 @@ from tuner.store.budget import CONTINUATION_ATTR
 
 PAUSED_ATTR = "paused_at_epoch"  # user attribute of a paused trial: the rung it reached
 PROMOTED_FROM_ATTR = CONTINUATION_ATTR  # user attribute of a promotion: the number of the paused trial it continues
+PROMOTED_AT_ATTR = "promoted_at_epoch"  # user attribute of a promotion: the epoch it resumes after
 LINEAGE_ATTR = "lineage"  # user attribute of a promotion: the lineage (first trial) whose checkpoints it resumes
 
 
@@ -89,7 +90,8 @@ def promotable(trials: list[FrozenTrial], pruner: AshaPruner, maximize: bool) ->
 def promote(study: optuna.Study, paused: FrozenTrial) -> None:
     """Queue the paused trial's continuation (call under the budget lock, then ask: it takes the queued trial)."""
     study.enqueue_trial(paused.params, user_attrs={LINEAGE_ATTR: lineage_number(paused),
-                                                   PROMOTED_FROM_ATTR: paused.number})
+                                                   PROMOTED_FROM_ATTR: paused.number,
+                                                   PROMOTED_AT_ATTR: paused.user_attrs[PAUSED_ATTR]})
 
 
 def make_asha_pruner(config: StudyConfig) -> AshaPruner:

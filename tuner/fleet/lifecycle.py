@@ -41,7 +41,8 @@ def plan_delete(storage: optuna.storages.RDBStorage, name: str) -> DeletePlan:
     load_config(storage, name)  # a missing study, or one tuner did not launch, is refused here
     counts = trial_counts(storage, storage.get_study_id_from_name(name))
     place = checkpoint_place(storage, name)
-    return DeletePlan(name, sum(counts.by_state.values()), counts["RUNNING"], place, place.size() or 0)
+    states = counts.states()
+    return DeletePlan(name, sum(states.values()), states.get("RUNNING", 0), place, place.size() or 0)
 
 
 def delete_study(storage: optuna.storages.RDBStorage, name: str) -> DeletePlan:

@@ -74,10 +74,11 @@ class ProgressWatch:
 
     def snapshot(self) -> ProgressSnapshot:
         """The study now: a few small queries, cheap enough to poll every second."""
-        counts = trial_counts(self.storage, self.study_id)
+        tally = trial_counts(self.storage, self.study_id)
+        counts = tally.states()  # every trial, promotions too; the budget counts configurations (tally.finished)
         running = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
         best_value = best_trial = None
-        if counts["COMPLETE"] and not self.config.study.multi_objective:  # several objectives: no single best
+        if counts.get("COMPLETE") and not self.config.study.multi_objective:  # several objectives: no single best
             best = optuna.load_study(study_name=self.name, storage=self.storage)
             try:
                 best_value, best_trial = best.best_value, best.best_trial.number
@@ -86,14 +87,15 @@ class ProgressWatch:
         elapsed = time.monotonic() - self._started
         study = self.config.study
         used = spent(self.storage, self.study_id) if study.compute_budget else None
-        parts = budget_parts(study, counts.finished, used)
+        parts = budget_parts(study, tally.finished, used)
         share = min(1.0, max(p for p, _ in parts))
         if self._spent_at_start is None:
             self._spent_at_start = share
         n_trials = self.config.study.n_trials
         return ProgressSnapshot(
             study=self.name, metric=self.config.study.metric, n_trials=n_trials, epochs=self.config.task.epochs,
-            complete=counts["COMPLETE"], pruned=counts["PRUNED"], failed=counts["FAIL"], waiting=counts["WAITING"],
+            complete=counts.get("COMPLETE", 0), pruned=counts.get("PRUNED", 0), failed=counts.get("FAIL", 0),
+            waiting=counts.get("WAITING", 0),
             running=tuple(RunningTrial(t.number, max(t.intermediate_values, default=0))
                           for t in sorted(running, key=lambda t: t.number)),
             best_value=best_value, best_trial=best_trial, elapsed_s=elapsed,

@@ -255,12 +255,22 @@ def front_trials(storage: optuna.storages.RDBStorage, name: str) -> list[BestTri
     return [_best(name, config, t) for t in sorted(front, key=lambda t: t.number)]
 
 
+def _asha_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """ASHA: trials paused now (PRUNED at a rung, not yet promoted), and promotions (trials that resumed one)."""
+    promoted = [t.user_attrs["promoted_from"] for t in trials if "promoted_from" in t.user_attrs]
+    paused = sum(1 for t in trials if "paused_at_epoch" in t.user_attrs and t.state == TrialState.PRUNED
+                 and t.number not in set(promoted))
+    return {"paused": paused, "promoted": len(promoted)} if paused or promoted else {}
+
+
 def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
     config = load_config(storage, name)
     study_id = storage.get_study_id_from_name(name)
-    counts = dict(trial_counts(storage, study_id).by_state)
-    retries = storage.get_all_trials(study_id, deepcopy=False)
-    counts["retries"] = sum(1 for t in retries if "failed_trial" in t.system_attrs)
+    tally = trial_counts(storage, study_id)
+    counts = tally.states()
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    counts["retries"] = sum(1 for t in trials if "failed_trial" in t.system_attrs)
+    counts.update(_asha_counts(trials))
     best = front = None
     if counts.get("COMPLETE"):
         study = optuna.load_study(study_name=name, storage=storage)
@@ -272,8 +282,7 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
             except ValueError:  # with max_params: no feasible trial has completed yet
                 pass
     used = spent(storage, study_id) if config.study.compute_budget else None
-    budget = ", ".join(text for _, text in budget_parts(config.study, counts.get("COMPLETE", 0)
-                                                        + counts.get("PRUNED", 0), used))
+    budget = ", ".join(text for _, text in budget_parts(config.study, tally.finished, used))
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
                        direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size(),
                        budget=budget, front_size=front)

@@ -167,6 +167,18 @@ def own_epochs(trial: FrozenTrial) -> int:
     return sum(1 for step in trial.intermediate_values if step > resumed)
 
 
+def _starts_a_config(t: FrozenTrial) -> bool:
+    """False for an ASHA promotion: it continues a paused trial's configuration, counted with that trial."""
+    return "promoted_from" not in t.user_attrs
+
+
+def _lineage_epochs(t: FrozenTrial) -> int:
+    """The epochs a finished trial adds to its configuration: all of its curve, but for a promotion (or its
+    retry) only those after the epoch it was promoted at (the paused trial counts the ones before)."""
+    promoted_at = t.user_attrs.get("promoted_at_epoch") or 0
+    return sum(1 for step in t.intermediate_values if step > promoted_at)
+
+
 def pruning_savings(trials: list[FrozenTrial], epochs_per_trial: int) -> Savings:
     """What pruning saved on the finished trials.
 
@@ -186,10 +198,10 @@ def pruning_savings(trials: list[FrozenTrial], epochs_per_trial: int) -> Savings
     for t in finished:
         seconds = per_epoch[t.number] if per_epoch[t.number] is not None else fallback
         if seconds is not None:
-            trained += seconds * len(t.intermediate_values)
-            without += seconds * epochs_per_trial
-    return Savings(trials=len(finished), epochs_per_trial=epochs_per_trial,
-                   epochs_trained=sum(len(t.intermediate_values) for t in finished),
+            trained += seconds * _lineage_epochs(t)
+            without += seconds * epochs_per_trial * _starts_a_config(t)
+    return Savings(trials=sum(_starts_a_config(t) for t in finished), epochs_per_trial=epochs_per_trial,
+                   epochs_trained=sum(_lineage_epochs(t) for t in finished),
                    seconds_trained=trained if known else None, seconds_without_pruning=without if known else None)
 
 

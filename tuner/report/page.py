@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 from typing import Any
 
 import plotly.graph_objects as go
@@ -14,6 +13,7 @@ import plotly.offline
 from tuner.report.data import (Savings, ReportSnapshot, device_seconds, failures, pruning_savings,
                                study_seconds)
 from tuner.report.plan import Plot
+from tuner.spec.toml_dump import dump_toml
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1150px; padding: 0 1em; color: #222; }
@@ -40,20 +40,6 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     cells = "".join(f"<th>{_e(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{cells}</tr>{body}</table>"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(v)  # bool -> true/false, str -> quoted with escapes, numbers as they are
-
-
-def to_toml(config: dict[str, Any]) -> str:
-    """The stored config as a study file (tables of scalars; space entries as inline tables)."""
-    return "\n".join(f"[{section}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
-                     for section, values in config.items())
 
 
 def _duration(seconds: float | None) -> str:
@@ -103,7 +89,7 @@ def _summary(snapshot: ReportSnapshot) -> str:
                         [[_e(d), str(n), f"{s / 3600:.3f}"] for d, (n, s) in devices.items()])
                  if devices else '<p class="note">No trial has recorded its wall time yet.</p>')
     parts.append(_failures(snapshot))
-    parts.append("<h3>Config</h3><pre id=\"config\">" + _e(to_toml(snapshot.config.to_dict())) + "</pre>")
+    parts.append("<h3>Config</h3><pre id=\"config\">" + _e(dump_toml(snapshot.config.to_dict())) + "</pre>")
     return "".join(parts)
 
 

@@ -51,6 +51,10 @@ class Counts:
         """Trials that hold a budget slot: finished, running, or queued for a retry."""
         return self.finished + self["RUNNING"] + self["WAITING"]
 
+    def states(self) -> dict[str, int]:
+        """Every trial by state, promotions included (what people see; the budget counts configurations)."""
+        return dict(collections.Counter(self.by_state) + collections.Counter(self.continued))
+
     @property
     def active(self) -> int:
         """Trials running or queued, promotions included: while any is, a paused trial may still be promoted."""
