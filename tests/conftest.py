@@ -405,3 +405,46 @@ def pooled_url(pg_url) -> Iterator[str]:
     PgBouncer in transaction-pooling mode."""
     with pgbouncer(pg_url) as bouncer:
         yield bouncer.url()
+
+
+def kill_worker_while_it_trains(url: str, name: str, env: dict[str, str], log_dir: Path, kind: str,
+                                timeout: float = 600) -> tuple[object, int]:
+    """Start a worker and SIGKILL it while it trains a trial that continues another (user attribute
+    `continues`: an ASHA promotion, a PBT segment). Returns that trial (as seen just before the kill) and the
+    newest checkpoint epoch of its lineage at the kill.
+
+    The condition is made, not hoped for: with the budget lock held no running trial can claim its next epoch
+    (the study has a compute budget), so one seen RUNNING stays so until the kill — unless it ends right then
+    (a pause needs no claim): then the kill missed, and another worker tries again."""
+    from optuna.trial import TrialState
+
+    deadline, tries = time.monotonic() + timeout, 0
+    while True:
+        worker = start_worker(name, env, log_dir / f"{kind}-{tries}.log")
+        tries += 1
+        while worker.poll() is None:
+            assert time.monotonic() < deadline, f"no running {kind} was caught in {timeout} s"
+            if not _running_continuation(url, name):
+                time.sleep(0.05)
+                continue
+            hold = BudgetLockHold(url, name)
+            try:
+                victim = _running_continuation(url, name)
+                if victim is None:
+                    continue
+                worker.kill()
+                worker.wait()
+                if load(url, name).get_trials()[victim.number].state != TrialState.RUNNING:
+                    break  # it ended just before the kill: start another worker and catch the next one
+                folder = checkpoint_dir(url, name) / str(victim.user_attrs["lineage"])
+                return victim, max(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt"))
+            finally:
+                hold.release()
+        assert worker.returncode is not None
+
+
+def _running_continuation(url: str, name: str):
+    from optuna.trial import TrialState
+
+    return next((t for t in load(url, name).get_trials(states=(TrialState.RUNNING,)) if "continues" in t.user_attrs),
+                None)

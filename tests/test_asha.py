@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import load, start_worker, study_file, tuner, tuner_env, wait_all
+from conftest import kill_worker_while_it_trains, load, start_worker, study_file, tuner, tuner_env, wait_all
 from inprocess import serve_in_process
 from tuner.fleet.asha import AshaPruner, promotable, rungs, top_lineages
 
@@ -37,7 +37,7 @@ def assert_lineages_are_consistent(study: optuna.Study, epochs: int) -> None:
         for before, after in zip(chain, chain[1:]):
             assert before.state == TrialState.PRUNED and "paused_at_epoch" in before.user_attrs
             paused = before.user_attrs["paused_at_epoch"]
-            assert after.user_attrs["promoted_from"] == before.number
+            assert after.user_attrs["continues"] == before.number
             assert after.user_attrs["resumed_from_epoch"] == paused  # from its checkpoint, not from scratch
             assert after.params == before.params
             assert {s: v for s, v in after.intermediate_values.items() if s <= paused} == \
@@ -78,9 +78,9 @@ def test_the_best_paused_trial_of_the_highest_rung_is_promoted_and_only_once():
               _trial(3, TrialState.PRUNED, [0.7, 0.8], paused_at_epoch=2),
               _trial(4, TrialState.PRUNED, [0.3], paused_at_epoch=1)]
     assert promotable(trials, pruner, maximize=True).number == 2  # rung 2 before rung 1
-    trials.append(_trial(5, TrialState.RUNNING, [0.8, 0.85], lineage=2, promoted_from=2))
+    trials.append(_trial(5, TrialState.RUNNING, [0.8, 0.85], lineage=2, continues=2))
     assert promotable(trials, pruner, maximize=True).number == 0  # 2 is taken; 0 leads rung 1's top two
-    trials.append(_trial(6, TrialState.RUNNING, [0.9], lineage=0, promoted_from=0))
+    trials.append(_trial(6, TrialState.RUNNING, [0.9], lineage=0, continues=0))
     assert promotable(trials, pruner, maximize=True) is None  # 2 and 0 fill rung 1's top 2 of 5
 
 
@@ -96,11 +96,11 @@ def test_a_paused_trial_is_promoted_and_resumes_from_its_checkpoint(pg_url, tmp_
     first, second, third = trials[:3]
     assert first.params == GOOD and first.state == TrialState.PRUNED and first.user_attrs["paused_at_epoch"] == 1
     assert second.params == BAD and second.user_attrs["paused_at_epoch"] == 1
-    assert third.user_attrs["promoted_from"] == first.number and third.params == GOOD
+    assert third.user_attrs["continues"] == first.number and third.params == GOOD
     assert third.user_attrs["resumed_from_epoch"] == 1 and min(s for s in third.intermediate_values) == 1
     assert third.intermediate_values[1] == first.intermediate_values[1]
     assert_lineages_are_consistent(study, 3)
-    configs = [t for t in trials if "promoted_from" not in t.user_attrs]
+    configs = [t for t in trials if "continues" not in t.user_attrs]
     assert len(configs) == 4  # n_trials counts configurations
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert not promotable(trials, AshaPruner(1, 2, 3), maximize=True)  # ended with nothing left to promote
@@ -108,20 +108,20 @@ def test_a_paused_trial_is_promoted_and_resumes_from_its_checkpoint(pg_url, tmp_
     best = json.loads(tuner("best", "--study", "asha-resume", "--format", "json", env=env).stdout)
     assert best["trial"] == study.best_trial.number and study.best_trial.last_step == 3
     # status tells paused from pruned: PRUNED holds the paused segments, and says how many were promoted
-    promoted = sum("promoted_from" in t.user_attrs for t in trials)
+    promoted = sum("continues" in t.user_attrs for t in trials)
     still_paused = sum("paused_at_epoch" in t.user_attrs for t in trials) - promoted
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     from tuner.fleet.study import study_status
     from tuner.store.storage import make_storage
 
     counts = study_status(make_storage(pg_url), "asha-resume").counts
-    assert (counts["PRUNED"], counts["paused"], counts["promoted"]) == (pruned, still_paused, promoted)
+    assert (counts["PRUNED"], counts["paused"], counts["continued"]) == (pruned, still_paused, promoted)
     status = tuner("status", "--study", "asha-resume", env=env)
     assert f"{pruned} ({still_paused} paused," in status.stdout, status.stdout
     report = tuner("report", "--study", "asha-resume", "--out", str(tmp_path / "r.html"), env=env)
     assert report.returncode == 0 and report.stderr == "", report.stderr
     html = (tmp_path / "r.html").read_text()
-    trained = sum(t.user_attrs.get("epochs_run", t.last_step) - t.user_attrs.get("promoted_at_epoch", 0)
+    trained = sum(t.user_attrs.get("epochs_run", t.last_step) - t.user_attrs.get("continued_at_epoch", 0)
                   for t in trials)
     assert f'<span id="epochs-trained">{trained}</span>' in html, trained  # each lineage's epochs once
     assert f'<span id="epochs-without-pruning">{4 * 3}</span>' in html  # 4 configurations x 3 epochs
@@ -151,7 +151,7 @@ def test_two_slots_on_sqlite_start_exactly_n_trials_configurations(sqlite_url, t
     assert wait_all([proc], timeout=900) == [0], (tmp_path / "w.log").read_text()
     study = load(sqlite_url, "asha-slots")
     trials = study.get_trials()
-    assert len([t for t in trials if "promoted_from" not in t.user_attrs]) == 6
+    assert len([t for t in trials if "continues" not in t.user_attrs]) == 6
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert not promotable(trials, AshaPruner(1, 2, 2), maximize=True)
     assert_lineages_are_consistent(study, 2)
@@ -174,10 +174,6 @@ def test_bad_asha_keys_are_one_line_at_launch_and_nothing_is_stored(pg_url, tmp_
 
 
 def test_a_killed_worker_s_promoted_trial_is_retried_from_its_latest_checkpoint(pg_url, tmp_path):
-    import time
-
-    from conftest import BudgetLockHold, checkpoint_dir
-
     enqueue = "".join(f"[[enqueue]]\nlr = {p['lr']}\nwidth = {p['width']}\n" for p in (GOOD, BAD))
     path = study_file(tmp_path, "asha-kill", n_trials=6, epochs=4, pruner=ASHA, space=SPACE,
                       extra='max_epochs = 40\nsampler = "random"',
@@ -185,28 +181,7 @@ def test_a_killed_worker_s_promoted_trial_is_retried_from_its_latest_checkpoint(
     path.write_text(path.read_text() + enqueue)
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
-    first = start_worker("asha-kill", env, tmp_path / "a.log")
-
-    def running_promotion():
-        return next((t for t in load(pg_url, "asha-kill").get_trials(states=(TrialState.RUNNING,))
-                     if "promoted_from" in t.user_attrs), None)
-
-    # Catch a promotion while it trains: with the budget lock held its worker can neither claim its next epoch
-    # nor start another trial, so what we see under the lock stays so until we kill the worker.
-    deadline, victim = time.monotonic() + 600, None
-    while victim is None:
-        assert time.monotonic() < deadline and first.poll() is None, "no promotion was caught running"
-        if running_promotion() is None:
-            time.sleep(0.05)
-            continue
-        hold = BudgetLockHold(pg_url, "asha-kill")
-        victim = running_promotion()
-        if victim is not None:
-            first.kill()
-            first.wait()
-            folder = checkpoint_dir(pg_url, "asha-kill") / str(victim.user_attrs["lineage"])
-            newest = max(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt"))
-        hold.release()
+    victim, newest = kill_worker_while_it_trains(pg_url, "asha-kill", env, tmp_path, "promotion")
     second = start_worker("asha-kill", env, tmp_path / "b.log")
     assert wait_all([second], timeout=900) == [0], (tmp_path / "b.log").read_text()
 
@@ -216,11 +191,11 @@ def test_a_killed_worker_s_promoted_trial_is_retried_from_its_latest_checkpoint(
     assert killed.state == TrialState.FAIL and "no heartbeat" in killed.user_attrs["fail_reason"]
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
     assert retry.user_attrs["lineage"] == victim.user_attrs["lineage"] and retry.params == victim.params
-    assert retry.user_attrs["resumed_from_epoch"] == newest >= victim.user_attrs["promoted_at_epoch"]
+    assert retry.user_attrs["resumed_from_epoch"] == newest >= victim.user_attrs["continued_at_epoch"]
     assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert len([t for t in trials if "promoted_from" not in t.user_attrs and t.state != TrialState.FAIL]) == 6
+    assert len([t for t in trials if "continues" not in t.user_attrs and t.state != TrialState.FAIL]) == 6
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    promoted = [t.user_attrs["promoted_from"] for t in trials if "promoted_from" in t.user_attrs
+    promoted = [t.user_attrs["continues"] for t in trials if "continues" in t.user_attrs
                 and t.state != TrialState.FAIL]
     assert len(promoted) == len(set(promoted))  # each paused trial continued once (the retry replaced the FAIL)
     assert sum(t.user_attrs.get("epochs_trained", 0) for t in trials) <= 40

@@ -97,7 +97,7 @@ BAD_PRUNERS = [
     ('type = "threshold"', "pruner.lower", "required"),
     ('type = "threshold"\nlower = 0.9\nupper = 0.1', "pruner", "'lower': 0.9"),
     ('type = "none"\npercentile = 5.0', "pruner.percentile", "5.0"),
-    ('type = "asha"', "pruner.type", "'asha'"),
+    ('type = "nope"', "pruner.type", "'nope'"),
 ]
 
 

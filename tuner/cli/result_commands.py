@@ -37,7 +37,8 @@ def best(
         out.print_json(json.dumps({"study": b.study, "trial": b.number, "value": b.value, "params": b.params,
                                    "fixed": b.fixed, "param_count": b.param_count, "nonzero_params": b.nonzero_params,
                                    "epochs_run": b.epochs_run,
-                                   "test_accuracy": b.test_accuracy}))
+                                   "test_accuracy": b.test_accuracy,
+                                   **({"schedule": list(b.schedule)} if b.schedule else {})}))
         return
     ui.print_best(out, b)
 

@@ -84,8 +84,8 @@ def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
             best = f"front of {s.front_size}"
         disk = "-" if s.checkpoint_bytes is None else human_bytes(s.checkpoint_bytes)  # "-": no folder on this host
         cells = [str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")]
-        if "paused" in c:  # ASHA: PRUNED holds the paused trials, and the segments that promotions continued
-            cells[1] += f" ({c['paused']} paused, {c['promoted']} promoted)"
+        if "paused" in c:  # ASHA, PBT: PRUNED holds the paused trials, and the segments that others continued
+            cells[1] += f" ({c['paused']} paused, {c['continued']} continued)"
         table.add_row(s.name, *cells, str(s.retries), best, s.budget, disk)
     return table
 
@@ -108,6 +108,15 @@ def print_best(console: Console, b: BestTrial) -> None:
     table.add_row("test_accuracy", f"{b.test_accuracy:.4f}" if b.test_accuracy is not None
                   else "not measured (tuner evaluate)")
     console.print(table)
+    if b.schedule:  # PBT: the params changed along the way; the table above holds the last segment's
+        steps = Table(title="its hyperparameter schedule (PBT)")
+        for col in ("epochs", "member", "trial", "params"):
+            steps.add_column(col)
+        for s in b.schedule:
+            steps.add_row(f"{s['from_epoch']}-{s['to_epoch']}", str(s["member"]), str(s["trial"]),
+                          " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in s["params"].items()))
+        console.print(steps)
 
 
 def print_front(console: Console, config: StudyConfig, front: Sequence[BestTrial]) -> None:

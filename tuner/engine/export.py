@@ -21,6 +21,7 @@ from tuner.data.loader import data_record
 from tuner.errors import TunerError
 from tuner.engine.models import build_model
 from tuner.fleet.lineage import lineage_number
+from tuner.fleet.pbt import schedule
 from tuner.spec.space import HParams, hparams_from_params
 from tuner.fleet.study import best_frozen_trial, checkpoint_place, complete_trial, load_config
 
@@ -45,6 +46,8 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path, numbe
                "trial": trial.number, "value": trial.values[0], "epoch": state["epoch"],
                "num_classes": trial.user_attrs.get("num_classes"), "image_shape": trial.user_attrs.get("image_shape"),
                "classes": list(record["classes"]), "preprocessing": record["preprocessing"]}
+    if config.pruner.get("type") == "pbt":  # the params of each segment the exported weights trained through
+        payload["schedule"] = schedule(trial, storage.get_all_trials(storage.get_study_id_from_name(name)))
     try:
         save_atomic(payload, out)
     except OSError as exc:  # a folder, a missing or read-only directory: the user's path, one line

@@ -22,7 +22,7 @@ from tuner.data.loader import Batches, open_batches
 from tuner.engine.device import is_out_of_memory, resolve_precision, setup_device
 from tuner.errors import TrialFailed
 from tuner.engine.models import build_model, count_nonzero, count_parameters
-from tuner.fleet.asha import PAUSED_ATTR, PROMOTED_FROM_ATTR
+from tuner.fleet.asha import PAUSED_ATTR, CONTINUES_ATTR
 from tuner.fleet.lineage import lineage_number
 from tuner.store.place import study_place
 from tuner.spec.space import HParams, describe_params, suggest_hparams
@@ -98,8 +98,8 @@ def run_trial(
     # the study's own folder (its uuid under the root stored at launch): never another study's of the same name
     checkpoints = study_place(trial.study.user_attrs, config.study.name).trial(lineage)
     resume = checkpoints.load_latest()
-    if resume is None and PROMOTED_FROM_ATTR in trial.user_attrs:
-        raise TrialFailed(f"the checkpoint of paused trial {trial.user_attrs[PROMOTED_FROM_ATTR]} is gone "
+    if resume is None and CONTINUES_ATTR in trial.user_attrs:
+        raise TrialFailed(f"the checkpoint of paused trial {trial.user_attrs[CONTINUES_ATTR]} is gone "
                           f"({checkpoints.path}): it cannot be resumed")
     history = _replay_history(trial, config, resume)
     on_epoch_end = _epoch_reporter(trial, config, history, checkpoints, on_epoch)

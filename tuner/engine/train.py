@@ -93,6 +93,22 @@ def _make_optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _set_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                         cfg: FitConfig) -> None:
+    """After loading a checkpoint: this run's lr, weight decay and momentum, not the ones saved with the optimizer
+    (the same for a retry or a promotion; new ones for a PBT segment). The lr keeps its place on the schedule:
+    the saved lr over the saved peak is the schedule's factor now, applied to the new peak."""
+    for group in optimizer.param_groups:
+        if group.get("initial_lr") and group["initial_lr"] != cfg.lr:  # unchanged: the saved lr stays bit for bit
+            group["lr"] = cfg.lr * group["lr"] / group["initial_lr"]
+            group["initial_lr"] = cfg.lr
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+    for part in getattr(scheduler, "_schedulers", [scheduler]):  # SequentialLR holds warm-up then cosine
+        part.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+
+
 def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: FitConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per epoch: cosine annealing to 0 at the last epoch, after any linear warm-up."""
     lr = torch.optim.lr_scheduler
@@ -145,6 +161,7 @@ def fit(
         shuffle.set_state(resume["shuffle_rng"])
         torch.set_rng_state(resume["torch_rng"])
         first_epoch = resume["epoch"] + 1
+        _set_hyperparameters(optimizer, scheduler, cfg)
     pruning_at = prune_epoch(cfg.epochs) if cfg.prune_amount > 0 else None
     masks = _masks(model) if pruning_at is not None and first_epoch > pruning_at else []
     loss_fn = _loss(cfg, teacher)

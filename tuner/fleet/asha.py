@@ -5,12 +5,12 @@ if its value there ranks in the top 1/reduction_factor of every lineage that has
 it is *paused*: it ends PRUNED with the user attribute `paused_at_epoch`, and its checkpoint stays. A worker
 asking for work first promotes the best paused trial that now ranks in its rung's top 1/reduction_factor (from
 the highest rung down): a new trial with the same params and the user attributes `lineage` (whose checkpoints it
-resumes, tuner.fleet.lineage) and `promoted_from` (the paused trial's number). It replays the earlier curve and
+resumes, tuner.fleet.lineage) and `continues` (the paused trial's number). It replays the earlier curve and
 trains on from the paused epoch + 1 to the next rung, where the same rule decides again.
 
 In Optuna's schema a lineage is therefore one trial per segment: every segment but the last is PRUNED with
 `paused_at_epoch` (or FAIL, retried as usual), the last is COMPLETE (it trained to task.epochs) or still paused.
-`n_trials` counts configurations (trials without `promoted_from`); a study with n_trials ends once that many
+`n_trials` counts configurations (trials without `continues`); a study with n_trials ends once that many
 configurations have started and nothing is running, queued or promotable (tuner.store.budget, compute).
 """
 
@@ -24,8 +24,8 @@ from tuner.spec.config import StudyConfig
 from tuner.store.budget import CONTINUATION_ATTR
 
 PAUSED_ATTR = "paused_at_epoch"  # user attribute of a paused trial: the rung it reached
-PROMOTED_FROM_ATTR = CONTINUATION_ATTR  # user attribute of a promotion: the number of the paused trial it continues
-PROMOTED_AT_ATTR = "promoted_at_epoch"  # user attribute of a promotion: the epoch it resumes after
+CONTINUES_ATTR = CONTINUATION_ATTR  # user attribute of a promotion: the number of the paused trial it continues
+CONTINUED_AT_ATTR = "continued_at_epoch"  # user attribute of a promotion: the epoch it resumes after
 LINEAGE_ATTR = "lineage"  # user attribute of a promotion: the lineage (first trial) whose checkpoints it resumes
 
 
@@ -76,7 +76,7 @@ class AshaPruner(optuna.pruners.BasePruner):
 def promotable(trials: list[FrozenTrial], pruner: AshaPruner, maximize: bool) -> FrozenTrial | None:
     """The paused trial to promote now: the best-ranked one in the top 1/reduction_factor of its rung, from the
     highest rung down; None if no paused trial ranks there."""
-    promoted = {t.user_attrs.get(PROMOTED_FROM_ATTR) for t in trials}
+    promoted = {t.user_attrs.get(CONTINUES_ATTR) for t in trials}
     paused = {lineage_number(t): t for t in trials
               if t.state == TrialState.PRUNED and PAUSED_ATTR in t.user_attrs and t.number not in promoted}
     for rung in reversed(pruner.rungs):
@@ -90,8 +90,8 @@ def promotable(trials: list[FrozenTrial], pruner: AshaPruner, maximize: bool) ->
 def promote(study: optuna.Study, paused: FrozenTrial) -> None:
     """Queue the paused trial's continuation (call under the budget lock, then ask: it takes the queued trial)."""
     study.enqueue_trial(paused.params, user_attrs={LINEAGE_ATTR: lineage_number(paused),
-                                                   PROMOTED_FROM_ATTR: paused.number,
-                                                   PROMOTED_AT_ATTR: paused.user_attrs[PAUSED_ATTR]})
+                                                   CONTINUES_ATTR: paused.number,
+                                                   CONTINUED_AT_ATTR: paused.user_attrs[PAUSED_ATTR]})
 
 
 def make_asha_pruner(config: StudyConfig) -> AshaPruner:

@@ -22,6 +22,7 @@ import optuna
 import sqlalchemy
 
 from tuner.fleet.asha import promotion_pending
+from tuner.fleet.pbt import pending as pbt_pending
 from tuner.store.budget import Counts, budget_lock, connection, trial_counts
 from tuner.spec.config import StudySection
 from tuner.store.storage import call_with_retry
@@ -74,11 +75,16 @@ def study_done(storage: optuna.storages.RDBStorage, study_id: int, config, count
 
 
 def _promotions_left(storage: optuna.storages.RDBStorage, study_id: int, config, counts: Counts) -> bool:
-    """ASHA: n_trials counts configurations, and the study goes on while a trial runs or waits (it may make a
-    paused one promotable) or a paused trial can be promoted now."""
-    if config.pruner.get("type") != "asha":
+    """ASHA and PBT: n_trials counts configurations, and the study goes on while a trial runs or waits (it may
+    make a paused one promotable) or a paused trial can be continued now (PBT: a member has epochs left)."""
+    kind = config.pruner.get("type")
+    if kind not in ("asha", "pbt"):
         return False
-    return counts.active > 0 or promotion_pending(storage, study_id, config)
+    if counts.active > 0:
+        return True
+    if kind == "pbt":
+        return pbt_pending(storage.get_all_trials(study_id, deepcopy=False), config)
+    return promotion_pending(storage, study_id, config)
 
 
 def budget_parts(study: StudySection, finished: int, used: Spent | None) -> list[tuple[float, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from optuna.trial import TrialState
 
 from tuner.store.budget import budget_lock, trial_counts
 from tuner.fleet.compute import budget_parts, spent
+from tuner.fleet.pbt import schedule
 from tuner.spec.config import StudyConfig, parse_config
 from tuner.errors import TunerError
 from tuner.store.storage import shown_url
@@ -41,6 +43,7 @@ class BestTrial:
     test_accuracy: float | None = None  # tuner evaluate / the end of tuner run; never used for selection
     nonzero_params: int | None = None  # parameters not zero after training (fewer than param_count if pruned)
     values: tuple[float, ...] = ()  # every objective's value (value is the first)
+    schedule: tuple[dict[str, Any], ...] = ()  # PBT: the params of each segment its weights trained through
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,12 @@ def _best(name: str, config: StudyConfig, trial: optuna.trial.FrozenTrial) -> Be
 
 
 def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
-    return _best(name, load_config(storage, name), best_frozen_trial(storage, name))
+    config, trial = load_config(storage, name), best_frozen_trial(storage, name)
+    best = _best(name, config, trial)
+    if config.pruner.get("type") == "pbt":
+        trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+        best = dataclasses.replace(best, schedule=tuple(schedule(trial, trials)))
+    return best
 
 
 def front_trials(storage: optuna.storages.RDBStorage, name: str) -> list[BestTrial]:
@@ -256,11 +264,12 @@ def front_trials(storage: optuna.storages.RDBStorage, name: str) -> list[BestTri
 
 
 def _asha_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    """ASHA: trials paused now (PRUNED at a rung, not yet promoted), and promotions (trials that resumed one)."""
-    promoted = [t.user_attrs["promoted_from"] for t in trials if "promoted_from" in t.user_attrs]
+    """ASHA and PBT: trials paused now (PRUNED at a rung or segment end, not yet continued), and continuations
+    (trials that resumed a paused one: promotions, PBT segments)."""
+    promoted = [t.user_attrs["continues"] for t in trials if "continues" in t.user_attrs]
     paused = sum(1 for t in trials if "paused_at_epoch" in t.user_attrs and t.state == TrialState.PRUNED
                  and t.number not in set(promoted))
-    return {"paused": paused, "promoted": len(promoted)} if paused or promoted else {}
+    return {"paused": paused, "continued": len(promoted)} if paused or promoted else {}
 
 
 def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:

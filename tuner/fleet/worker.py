@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.fleet.asha import PAUSED_ATTR, AshaPruner, make_asha_pruner, promotable, promote
+from tuner.fleet.pbt import MEMBER_ATTR, PbtPruner, make_pbt_pruner, members_started, next_generation, queue_generation
 from tuner.store.budget import budget_lock, can_start, trial_counts
 from tuner.fleet.compute import TrialCompute, study_done
 from tuner.spec.config import StudyConfig
@@ -199,30 +200,42 @@ class Worker:
                 raise TunerError(f"study {study.study_name!r}: {failures} trials failed "
                                  f"(study.max_failures = {config.study.max_failures}); see `tuner status` "
                                  "and the trials' fail_reason")
-            paused = self._promotable(study, config)
-            if paused is None and not can_start(counts, config.study.n_trials):
+            queued = self._continue_paused(study, config)  # ASHA, PBT: resume paused trials before new ones
+            if not queued and not can_start(counts, config.study.n_trials):
                 return _WAIT
             if not self.seeded:  # under the lock: workers that start together still get distinct ordinals
                 ordinal = take_ordinal(storage, study_id)
                 study.sampler = make_sampler(config.study.sampler, sampler_seed(config, ordinal))
                 self.seeded = True
-            if paused is not None:  # queued now and taken by the ask below (or a queued retry goes first)
-                promote(study, paused)
-                _log.info("trial %d promoted (paused at epoch %d): it resumes from its checkpoint", paused.number,
-                          paused.user_attrs[PAUSED_ATTR])
             # No heartbeat is written here: the trial's heartbeat thread writes its first one as it starts,
             # and the reaper starts the clock for a trial whose worker died before that.
-            trial = study.ask()
+            trial = study.ask()  # a queued trial first: a continuation, a retry, an [[enqueue]] config
+            if isinstance(study.pruner, PbtPruner) and MEMBER_ATTR not in trial.user_attrs:  # a new member
+                trial.set_user_attr(MEMBER_ATTR, members_started(study.get_trials(deepcopy=False)))
             if config.study.compute_budget:  # under the same lock that saw the budget not spent
                 self.compute[trial._trial_id] = TrialCompute(storage, study_id, trial._trial_id, config.study)
                 self.compute[trial._trial_id].claim_first()
             return trial
 
-    def _promotable(self, study: optuna.Study, config: StudyConfig) -> optuna.trial.FrozenTrial | None:
-        """ASHA: the paused trial a worker asking for work promotes first (call under the budget lock)."""
-        if not isinstance(study.pruner, AshaPruner):
-            return None
-        return promotable(study.get_trials(deepcopy=False), study.pruner, config.study.direction == "maximize")
+    def _continue_paused(self, study: optuna.Study, config: StudyConfig) -> bool:
+        """Queue what a scheduler resumes (call under the budget lock; the ask that follows takes it): ASHA's
+        best promotable paused trial, or PBT's next generation once every member has reached its end."""
+        if isinstance(study.pruner, AshaPruner):
+            paused = promotable(study.get_trials(deepcopy=False), study.pruner, config.study.direction == "maximize")
+            if paused is not None:
+                promote(study, paused)
+                _log.info("trial %d promoted (paused at epoch %d): it resumes from its checkpoint", paused.number,
+                          paused.user_attrs[PAUSED_ATTR])
+            return paused is not None
+        if isinstance(study.pruner, PbtPruner):
+            generation = next_generation(study.get_trials(deepcopy=False), config)
+            if generation:
+                queue_generation(study, generation, self.place)
+                exploits = ", ".join(f"{s.member}<-{s.donor.user_attrs[MEMBER_ATTR]}" for s in generation if s.donor)
+                _log.info("PBT generation at epoch %d queued (exploits: %s)",
+                          generation[0].previous.user_attrs[PAUSED_ATTR], exploits or "none")
+            return bool(generation)
+        return False
 
     def _run_one(self, study: optuna.Study, trial: optuna.Trial, config: StudyConfig, objective: Callable) -> None:
         # The heartbeat runs until the result is stored, not just until training ends: telling can wait
@@ -316,6 +329,8 @@ class Worker:
 def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     if config.pruner.get("type") == "asha":  # a scheduler: pauses and promotes (tuner.fleet.asha)
         return make_asha_pruner(config)
+    if config.pruner.get("type") == "pbt":  # a scheduler: pauses each segment, exploits and explores (tuner.fleet.pbt)
+        return make_pbt_pruner(config)
     return make_pruner(config.pruner)
 
 

@@ -169,13 +169,13 @@ def own_epochs(trial: FrozenTrial) -> int:
 
 def _starts_a_config(t: FrozenTrial) -> bool:
     """False for an ASHA promotion: it continues a paused trial's configuration, counted with that trial."""
-    return "promoted_from" not in t.user_attrs
+    return "continues" not in t.user_attrs
 
 
 def _lineage_epochs(t: FrozenTrial) -> int:
     """The epochs a finished trial adds to its configuration: all of its curve, but for a promotion (or its
     retry) only those after the epoch it was promoted at (the paused trial counts the ones before)."""
-    promoted_at = t.user_attrs.get("promoted_at_epoch") or 0
+    promoted_at = t.user_attrs.get("continued_at_epoch") or 0
     return sum(1 for step in t.intermediate_values if step > promoted_at)
 
 

@@ -141,3 +141,24 @@ def check_worker(c: Checker, raw: Any, sections: dict[str, Any]) -> WorkerSectio
         raise c.fail("worker.grace_period", f"must be > heartbeat_interval ({worker.heartbeat_interval})",
                      worker.grace_period)
     return worker
+
+
+def check_population(c: Checker, sections: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """PBT, once the space is known: `perturb` names searched hyperparameters (by default all those that can
+    change mid-training), and the configurations are the population (n_trials, when given, must say so)."""
+    pruner, study = dict(sections["pruner"]), sections["study"]
+    searched = {p.name for p in sections["space"] if p.value is None}
+    given = raw["pruner"].get("perturb")
+    if given is None:
+        pruner["perturb"] = [name for name in pruner["perturb"] if name in searched]
+    for name in pruner["perturb"]:
+        if name not in searched:
+            raise c.fail("pruner.perturb", "can only name hyperparameters searched in [space]", name)
+    n_trials = raw["study"].get("n_trials")
+    if n_trials is not None and n_trials != pruner["population"]:
+        raise c.fail("study.n_trials", f"must equal pruner.population ({pruner['population']}) with pbt, or be "
+                     "left out: the population is the configurations", n_trials)
+    study = dataclasses.replace(study, n_trials=pruner["population"],
+                                max_failures=study.max_failures if "max_failures" in raw["study"]
+                                else pruner["population"])
+    return {**sections, "pruner": pruner, "study": study}

@@ -19,7 +19,7 @@ from typing import Any
 
 from tuner.errors import TunerError
 from tuner.spec.checker import Checker
-from tuner.spec.checks import check_pruner, check_study, check_task, check_worker
+from tuner.spec.checks import check_population, check_pruner, check_study, check_task, check_worker
 from tuner.spec.params import check_enqueue, check_enqueued, check_space
 from tuner.spec.sections import (AUGMENTATIONS, BACKBONES, DATASETS, DEFAULT_MAX_FAILURES, DEFAULT_N_TRIALS, METRICS,
                                  MODELS, OPTIMIZERS, PRECISIONS, SIZE_OBJECTIVES, SPACE_PARAMS, ParamSpec, StudyConfig,
@@ -78,6 +78,8 @@ def parse_config(data: dict[str, Any], source: str, name: str | None = None) -> 
     sections = {key: c.section(raw[key], section.fields, key) for key, section in _SECTIONS.items() if section.fields}
     for key, section in _SECTIONS.items():
         sections[key] = section.check(c, raw[key], sections)
+    if sections["pruner"].get("type") == "pbt":
+        sections = check_population(c, sections, raw)
     return StudyConfig(**sections)
 
 

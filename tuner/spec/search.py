@@ -41,13 +41,24 @@ PRUNERS: dict[str, tuple[type[optuna.pruners.BasePruner], dict[str, Any]]] = {
 }
 # tuner's own schedulers, which pause trials and resume them later rather than stopping them (built by the fleet,
 # tuner.fleet.asha): type -> {key: kind}. Their defaults: Syne Tune's and Li et al.'s (1 epoch, a factor of 3).
-SCHEDULERS: dict[str, dict[str, Any]] = {"asha": {"min_resource": int, "reduction_factor": int}}
-SCHEDULER_DEFAULTS = {"asha": {"min_resource": 1, "reduction_factor": 3}}
+SCHEDULERS: dict[str, dict[str, Any]] = {
+    "asha": {"min_resource": int, "reduction_factor": int},
+    "pbt": {"population": int, "interval": int, "quantile": float, "perturb": list, "resample_probability": float},
+}
+# The hyperparameters PBT may change mid-training (each takes effect at the next segment: the optimizer's lr,
+# weight decay and momentum are set anew, dropout is a module setting, the losses read theirs per step).
+PERTURBABLE = ("lr", "weight_decay", "dropout", "momentum", "label_smoothing", "distill_alpha")
+SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "asha": {"min_resource": 1, "reduction_factor": 3},
+    # Ray Tune's PBT defaults: the bottom quarter exploits the top quarter, resampling a quarter of the time
+    "pbt": {"population": 8, "quantile": 0.25, "perturb": list(PERTURBABLE), "resample_probability": 0.25},
+}
 
 # Keys Optuna requires (no default), and the ranges it accepts, checked here so the error names the key.
 REQUIRED = {"percentile": ("percentile",), "patient": ("patience",)}
 RANGES = {"percentile": (0.0, 100.0), "p_threshold": (0.0, 1.0), "interval_steps": (1, None), "n_min_trials": (1, None),
-          "reduction_factor": (2, None), "min_resource": (1, None), "max_resource": (1, None)}
+          "reduction_factor": (2, None), "min_resource": (1, None), "max_resource": (1, None),
+          "population": (2, None), "interval": (1, None), "quantile": (0.0, 0.5), "resample_probability": (0.0, 1.0)}
 WRAPPABLE = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "threshold", "none")
 
 # The default warm-up of median/percentile pruning, as a share of task.epochs: no trial is pruned before
@@ -94,11 +105,28 @@ def pruner_options(raw: Mapping[str, Any], epochs: int, fail) -> dict[str, Any]:
     completed = {"type": kind, **_defaults(wraps or kind, epochs), **options}
     if kind == "patient":
         completed.setdefault("wraps", "median")
-    if kind in SCHEDULERS:
+    if kind == "asha":
         _check_rungs(completed, epochs, fail)
+    elif kind == "pbt":
+        _check_population(completed, epochs, fail)
     else:
         _check_by_building(completed, fail)
     return completed
+
+
+def _check_population(options: dict[str, Any], epochs: int, fail) -> None:
+    """PBT: segments shorter than the training, a bottom quantile to exploit, and only what can change mid-run."""
+    options.setdefault("interval", max(1, epochs // 4))  # four generations by default
+    if options["interval"] >= epochs:
+        raise fail("pruner.interval", f"must be below task.epochs ({epochs}): members are compared every "
+                   "interval epochs", options["interval"])
+    if options["quantile"] <= 0:
+        raise fail("pruner.quantile", "must be above 0 and at most 0.5 (the bottom and top shares)",
+                   options["quantile"])
+    for name in options["perturb"]:
+        if name not in PERTURBABLE:
+            raise fail("pruner.perturb", f"can only name hyperparameters that can change mid-training "
+                       f"({', '.join(PERTURBABLE)}); {name} is fixed per member", name)
 
 
 def _check_rungs(options: Mapping[str, Any], epochs: int, fail) -> None:
@@ -122,17 +150,19 @@ def _check_kind(key: str, value: Any, kind: Any, fail) -> None:
         return
     if int in kinds and isinstance(value, int) and not isinstance(value, bool):
         return
+    if list in kinds and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return
     if float in kinds and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return
     if str in kinds and isinstance(value, str):
         return
-    words = {int: "an integer", float: "a number", str: "a string"}
+    words = {int: "an integer", float: "a number", str: "a string", list: "a list of names"}
     described = " or ".join(words.get(k, repr(k)) for k in kinds)
     raise fail(f"pruner.{key}", f"must be {described}", value)
 
 
 def _check_range(key: str, value: Any, fail) -> None:
-    if not isinstance(value, (int, float)) or key in ("lower", "upper"):  # "auto"; bounds of any sign
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or key in ("lower", "upper"):  # any sign
         return
     low, high = RANGES.get(key, (0, None))  # counts, steps and deltas are >= 0
     if value < low or (high is not None and value > high):

@@ -3,7 +3,7 @@
 Optuna counts n_trials per process, so N workers overshoot by up to N-1. Here every worker takes the
 study's lock, counts trials by state, and only then asks for a trial, so exactly n_trials end
 COMPLETE or PRUNED. FAILed trials do not use the budget; their retries (WAITING) do. A trial that continues a
-paused one (an ASHA promotion, user attribute `promoted_from`) uses no slot either: n_trials counts
+paused one (an ASHA promotion, user attribute `continues`) uses no slot either: n_trials counts
 configurations, and such trials are counted apart (Counts.continued).
 """
 
@@ -31,7 +31,7 @@ HOLDER_IDLE_LIMIT_MS = 10_000
 # How long a waiter blocks for the lock at a time before it gives its connection back and queues again.
 WAIT_TURN_MS = 1000
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
-CONTINUATION_ATTR = "promoted_from"  # user attribute of a trial that continues a paused one (tuner.fleet.asha)
+CONTINUATION_ATTR = "continues"  # user attribute of a trial that continues a paused one (tuner.fleet.asha)
 
 
 @dataclass(frozen=True)
