@@ -418,13 +418,13 @@ def check(url: str, fleet: Fleet, faults: list[Fault]) -> tuple[list[tuple[str, 
 
     from tuner.fleet.lineage import lineage_number
     from tuner.store.storage import make_storage
-    from tuner.fleet.study import load_config
+    from tuner.fleet.study import stored_config
 
     storage = make_storage(url)
     try:
         study_id = storage.get_study_id_from_name(STUDY_NAME)
         trials = storage.get_all_trials(study_id)
-        n_trials = load_config(storage, STUDY_NAME).study.n_trials
+        n_trials = stored_config(storage, STUDY_NAME).study.n_trials
     finally:
         storage.engine.dispose()
     by_number = {t.number: t for t in trials}

@@ -261,6 +261,7 @@ def make_objective_factory(surrogate: Surrogate):
     from tuner.engine.objective import EpochEvent
     from tuner.fleet.lineage import lineage_number
     from tuner.spec.space import suggest_hparams
+    from tuner.store.budget import CONTINUATION_ATTR  # a promotion's user attribute: the paused trial it continues
 
     def make_objective(config):
         metric = config.study.metric
@@ -274,11 +275,9 @@ def make_objective_factory(surrogate: Surrogate):
             curve = surrogate.configs[index]["val_accuracy"][:epochs]
             lineage = lineage_number(trial)
             resumed = saved.get(lineage, 0)
-            promoted_from = trial.user_attrs.get("promoted_from")
-            if promoted_from is not None and not resumed:
-                raise TrialFailed(f"the checkpoint of paused trial {promoted_from} is gone: it cannot be resumed")
-            if promoted_from is not None and trial.user_attrs.get("promoted_at_epoch", resumed) != resumed:
-                trial.set_user_attr("surrogate_resume_mismatch", resumed)  # promoted at one epoch, resumed at another
+            continues = trial.user_attrs.get(CONTINUATION_ATTR)
+            if continues is not None and not resumed:
+                raise TrialFailed(f"the checkpoint of paused trial {continues} is gone: it cannot be resumed")
             if resumed:
                 for epoch, value in enumerate(curve[:resumed], start=1):
                     trial.report(value, epoch)
@@ -344,6 +343,7 @@ def run_study(url: str, name: str, raw: dict, make_objective, surrogate: Surroga
     from tuner.store.storage import make_storage
     from tuner.fleet.study import launch_study
     from tuner.fleet.worker import Worker
+    from tuner.store.budget import CONTINUATION_ATTR
 
     config = parse_config(raw, "bench")
     storage = make_storage(url)
@@ -356,28 +356,27 @@ def run_study(url: str, name: str, raw: dict, make_objective, surrogate: Surroga
         raise SystemExit(f"worker exited with {code} on study {name!r}")
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
     order = sorted(trials, key=lambda t: (t.datetime_complete or datetime.max, t.number))
-    continued = {t.user_attrs["promoted_from"] for t in trials if "promoted_from" in t.user_attrs}
+    continued = {t.user_attrs[CONTINUATION_ATTR] for t in trials if CONTINUATION_ATTR in t.user_attrs}
     rows = [Row(t.state.name, t.value,
                 sum(step > t.user_attrs.get("resumed_from_epoch", 0) for step in t.intermediate_values),
                 surrogate.configs[t.user_attrs["surrogate_config"]]["val_accuracy"][-1],
-                "promoted_from" in t.user_attrs, t.number in continued, t.user_attrs.get("epochs_trained"))
+                CONTINUATION_ATTR in t.user_attrs, t.number in continued, t.user_attrs.get("epochs_trained"))
             for t in order]
     # what looked wrong in tuner's ASHA, if anything: a promotion that did not resume where its trial paused
     by_number = {t.number: t for t in trials}
 
     def resumed_elsewhere(t) -> bool:  # a promotion that did not resume at its paused trial's epoch and curve
-        before = by_number[t.user_attrs["promoted_from"]]
+        before = by_number[t.user_attrs[CONTINUATION_ATTR]]
         paused = before.user_attrs.get("paused_at_epoch")
         return (t.user_attrs.get("resumed_from_epoch") != paused or t.params != before.params
                 or {s: v for s, v in t.intermediate_values.items() if s <= (paused or 0)} != before.intermediate_values)
 
     checks = {
-        "promotions without resumed_from_epoch": sum("promoted_from" in t.user_attrs
+        "promotions without resumed_from_epoch": sum(CONTINUATION_ATTR in t.user_attrs
                                                      and "resumed_from_epoch" not in t.user_attrs for t in trials),
-        "promotions not resuming their paused trial": sum("promoted_from" in t.user_attrs and resumed_elsewhere(t)
+        "promotions not resuming their paused trial": sum(CONTINUATION_ATTR in t.user_attrs and resumed_elsewhere(t)
                                                           for t in trials),
-        "promoted at one epoch, resumed at another": sum("surrogate_resume_mismatch" in t.user_attrs for t in trials),
-        "paused trials promoted twice": sum("promoted_from" in t.user_attrs for t in trials) - len(continued),
+        "paused trials promoted twice": sum(CONTINUATION_ATTR in t.user_attrs for t in trials) - len(continued),
         "epochs_trained != epochs trained": sum(r.claimed is not None and r.claimed != r.epochs for r in rows),
     }
     return {"rows": rows, "wall_s": wall, "pruner": config.pruner,  # the [pruner] table as stored: defaults filled in
@@ -410,10 +409,13 @@ def summarise(rows: list[Row], reference_epochs: int, top: float) -> dict:
 
 
 def spread(values: list[float], fmt: str) -> str:
+    """median (min–max) of the finite values; '-' if none is ('best @x' before any trial completed), and
+    '[n/m]' when only n of the m seeds have one."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return "-"
-    return f"{format(statistics.median(finite), fmt)} ({format(min(finite), fmt)}–{format(max(finite), fmt)})"
+    some = f" [{len(finite)}/{len(values)}]" if len(finite) < len(values) else ""
+    return f"{format(statistics.median(finite), fmt)} ({format(min(finite), fmt)}–{format(max(finite), fmt)}){some}"
 
 
 def run(args) -> None:
@@ -568,7 +570,8 @@ def run_budget(args, surrogate: Surrogate, labels: list[str]) -> None:
     print(f"'best' = best COMPLETE trial (trained to epoch {epochs}); gap = best − {REFERENCE}'s best of the same "
           f"seed, in points; 'within' = seeds whose gap ≥ −{NEAR}.")
     print("'best @x budget' = best value among the trials completed by the time the row had trained x of its own "
-          "budget (max_epochs; for none@full its epochs); † = some seeds had finished all their trials by then.")
+          "budget (max_epochs; for none@full its epochs); † = some seeds had finished all their trials by then; "
+          "- = no trial had completed yet in any seed, [n/m] = in only n of the m seeds (the median is theirs).")
     print("'trials started' counts every trial (ASHA's promotions too); 'configs started' the configurations (trials "
           "that continue no paused trial); 'complete' trials trained to the end; 'stopped' trials PRUNED and never "
           f"resumed (pruned, paused for good, or stopped by the budget); 'top stopped' those of them whose curve ends "

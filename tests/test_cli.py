@@ -114,7 +114,7 @@ def test_a_gpu_that_does_not_exist_is_one_line(sqlite_url, tmp_path):
 
 
 def test_storage_precedence_flag_over_env_over_file(tmp_path, monkeypatch):
-    from tuner.store.storage import DEFAULT_STORAGE, resolve_storage_url
+    from tuner.store.urls import DEFAULT_STORAGE, resolve_storage_url
 
     secret_file = tmp_path / "url"
     secret_file.write_text("sqlite:///from-file.db\n")

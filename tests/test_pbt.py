@@ -135,8 +135,10 @@ def test_three_workers_on_postgresql_train_the_population_to_the_exact_epoch_bud
     assert [s["to_epoch"] for s in torch.load(out, weights_only=False)["schedule"]] == [1, 2, 3, 4]
     status = tuner("status", "--study", "pbt-three", env=env)
     assert status.returncode == 0 and "paused" in status.stdout
-    report = tuner("report", "--study", "pbt-three", "--out", str(tmp_path / "r.html"), env=env)
+    report = tuner("report", "--study", "pbt-three", "--out", str(tmp_path / "r.html"), "--png",
+                   str(tmp_path / "png"), env=env)
     assert (report.returncode, report.stderr) == (0, "")
+    assert "family tree" in (tmp_path / "r.html").read_text() and (tmp_path / "png" / "family_tree.png").is_file()
 
 
 def test_two_slots_on_sqlite_train_a_population_of_three(sqlite_url, tmp_path):

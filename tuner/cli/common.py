@@ -25,7 +25,8 @@ StorageOpt = typer.Option(None, "--storage", help=STORAGE_HELP, show_default=Fal
 def open_storage(flag: str | None, **kwargs):
     import optuna
 
-    from tuner.store.storage import make_storage, resolve_storage_url
+    from tuner.store.storage import make_storage
+    from tuner.store.urls import resolve_storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tuner says what it did ("study 'x' created") itself
     return make_storage(resolve_storage_url(flag), **kwargs)

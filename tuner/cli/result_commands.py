@@ -18,12 +18,12 @@ def best(
 ) -> None:
     """Print the best trial: number, value, params and parameter count (several objectives: the Pareto front)."""
     from tuner.cli import ui
-    from tuner.fleet.study import best_trial, load_config, front_trials
+    from tuner.fleet.study import best_trial, stored_config, front_trials
 
     if format not in ("table", "json"):
         raise TunerError(f"--format must be table or json, got {format!r}")
     st = existing_storage(storage)
-    config = load_config(st, study)
+    config = stored_config(st, study)
     if config.study.multi_objective:
         front = front_trials(st, study)
         if format == "json":
@@ -76,8 +76,7 @@ def evaluate(
     top: int = typer.Option(1, "--top", min=1, help="Score this many of the best COMPLETE trials."),
     cpu: bool = typer.Option(False, "--cpu", help="Score on the CPU even if a GPU is present."),
 ) -> None:
-    """Score the best trials' final models once on the held-out test split (stored as test_accuracy; never
-    used to select anything)."""
+    """Score the best trials' final models once on the held-out test split (test_accuracy: never selects)."""
     from tuner.engine.device import pick_device
     from tuner.engine.evaluate import score_on_test
 
@@ -94,7 +93,7 @@ def export(
                                         "(a study with several objectives: one from `tuner best`'s front)."),
     storage: Optional[str] = StorageOpt,
 ) -> None:
-    """Write the best trial's final weights with its params and the study config (load with torch.load)."""
+    """Write the best trial's weights, params and config: tuner.export.load_exported(path).predict(images)."""
     from pathlib import Path
 
     from tuner.engine.export import export_best

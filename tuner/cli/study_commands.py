@@ -22,7 +22,7 @@ def launch_study_cmd(
 ) -> None:
     """Validate a study file and store the study and its config in the database."""
     from tuner.spec.config import load_config
-    from tuner.store.storage import resolve_storage_url, worker_hint
+    from tuner.store.urls import resolve_storage_url, worker_hint
     from tuner.fleet.study import launch_study
 
     config = load_config(file, name=name)  # validate before touching the database
@@ -82,8 +82,9 @@ def worker(
 ) -> None:
     """Pull trials from the database and train them until the study's total budget is spent."""
     from tuner.engine.device import pick_device
-    from tuner.store.storage import brief_storage, resolve_storage_url
-    from tuner.fleet.study import load_config
+    from tuner.store.storage import brief_storage
+    from tuner.store.urls import resolve_storage_url
+    from tuner.fleet.study import stored_config
 
     if gpu is not None and cpu:
         raise TunerError("--gpu and --cpu exclude each other")
@@ -98,7 +99,7 @@ def worker(
     # --db-retry-seconds, with a warning at once; a wrong password or database name fails at once.
     with brief_storage(url, create=False, retry_seconds=db_retry_seconds) as st:
         if study is not None:
-            load_config(st, study)
+            stored_config(st, study)
     if slots > 1:
         from tuner.fleet.local import run_slots
 
@@ -115,7 +116,7 @@ def _serve(url: str, study: str | None, device, threads: int | None, db_retry_se
         torch.set_num_threads(threads)
     from tuner.engine.objective import make_objective
     from tuner.fleet.worker import Worker
-    from tuner.store.storage import shown_url
+    from tuner.store.urls import shown_url
 
     log = logging.getLogger("tuner")
     log.info("worker on %s, storage %s", device, shown_url(url))
@@ -148,7 +149,7 @@ def run(
     from tuner.cli import ui
     from tuner.spec.config import load_config
     from tuner.fleet.local import run_local
-    from tuner.store.storage import resolve_storage_url
+    from tuner.store.urls import resolve_storage_url
 
     if workers < 1:
         raise TunerError(f"--workers must be >= 1, got {workers}")

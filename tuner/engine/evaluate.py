@@ -20,7 +20,7 @@ from tuner.errors import TunerError
 from tuner.engine.models import build_model
 from tuner.fleet.lineage import lineage_number
 from tuner.spec.space import hparams_from_params
-from tuner.fleet.study import checkpoint_place, load_config
+from tuner.fleet.study import checkpoint_place, stored_config
 from tuner.engine.train import evaluate
 
 _log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _store(storage: optuna.storages.RDBStorage, trial_id: int, key: str, value: 
 def score_on_test(storage: optuna.storages.RDBStorage, name: str, top: int = 1,
                   device: torch.device = torch.device("cpu")) -> list[tuple[int, float]]:
     """Score the `top` best COMPLETE trials on the test split; returns [(trial number, test_accuracy)]."""
-    config = load_config(storage, name)
+    config = stored_config(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not done:

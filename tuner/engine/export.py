@@ -23,7 +23,7 @@ from tuner.engine.models import build_model
 from tuner.fleet.lineage import lineage_number
 from tuner.fleet.pbt import schedule
 from tuner.spec.space import HParams, hparams_from_params
-from tuner.fleet.study import best_frozen_trial, checkpoint_place, complete_trial, load_config
+from tuner.fleet.study import best_frozen_trial, checkpoint_place, complete_trial, stored_config
 
 
 def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path, number: int | None = None
@@ -31,7 +31,7 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path, numbe
     """Write {model, hparams, config, trial, value, epoch, num_classes, image_shape, classes, preprocessing}
     of the best trial (or of COMPLETE trial `number`: a study with several objectives has no single best) to
     `out` (atomically)."""
-    config = load_config(storage, name)
+    config = stored_config(storage, name)
     trial = best_frozen_trial(storage, name) if number is None else complete_trial(storage, name, number)
     checkpoints = checkpoint_place(storage, name).trial(lineage_number(trial))
     state = checkpoints.load_latest()

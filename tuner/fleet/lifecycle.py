@@ -16,7 +16,7 @@ from tuner.spec.config import StudyConfig, check_enqueued, parse_config
 from tuner.errors import TunerError
 from tuner.store.place import StudyPlace
 from tuner.fleet.study import (CONFIG_ATTR, ENQUEUED_ATTR, append_history, checkpoint_place, label_for_dashboard,
-                         load_config)
+                         stored_config)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ExtendResult:
 
 def plan_delete(storage: optuna.storages.RDBStorage, name: str) -> DeletePlan:
     """What `delete_study` would remove (for the confirmation); one line if there is no such tuner study."""
-    load_config(storage, name)  # a missing study, or one tuner did not launch, is refused here
+    stored_config(storage, name)  # a missing study, or one tuner did not launch, is refused here
     counts = trial_counts(storage, storage.get_study_id_from_name(name))
     place = checkpoint_place(storage, name)
     states = counts.states()
@@ -68,10 +68,10 @@ def extend_study(storage: optuna.storages.RDBStorage, name: str, n_trials: int) 
     will all end COMPLETE or PRUNED, and the budget must stay exact."""
     if n_trials < 1:
         raise TunerError(f"--n-trials must be >= 1, got {n_trials}")
-    load_config(storage, name)  # one line if there is no such study
+    stored_config(storage, name)  # one line if there is no such study
     study_id = storage.get_study_id_from_name(name)
     with budget_lock(storage, study_id):  # no trial starts meanwhile, and two extends do not interleave
-        config = load_config(storage, name)
+        config = stored_config(storage, name)
         counts = trial_counts(storage, study_id)
         if n_trials < counts.committed:
             busy = counts.committed - counts.finished
@@ -113,7 +113,7 @@ def _value(text: str) -> Any:
 def enqueue_params(storage: optuna.storages.RDBStorage, name: str, pairs: list[str]) -> int:
     """`tuner enqueue`: queue one trial with these params (checked against the study's space) to run next, in a
     slot of the trial budget (refused when the budget has none left). Returns the queued trial's number."""
-    config = load_config(storage, name)
+    config = stored_config(storage, name)
     raw = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")

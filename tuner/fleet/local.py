@@ -23,7 +23,7 @@ from tuner.fleet.processes import WorkerGroup, worker_argv, worst
 from tuner.fleet.progress import ProgressSnapshot, ProgressWatch
 from tuner.fleet.study import launch_study
 from tuner.spec.config import StudyConfig
-from tuner.store.storage import shown_url
+from tuner.store.urls import shown_url
 
 _log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tuner.store.budget import trial_counts
 from tuner.fleet.compute import budget_parts, spent
-from tuner.fleet.study import load_config
+from tuner.fleet.study import stored_config
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ProgressWatch:
 
     def __init__(self, storage: optuna.storages.RDBStorage, name: str):
         self.storage, self.name = storage, name
-        self.config = load_config(storage, name)
+        self.config = stored_config(storage, name)
         self.study_id = storage.get_study_id_from_name(name)
         self._started = time.monotonic()
         self._spent_at_start: float | None = None  # set by the first snapshot

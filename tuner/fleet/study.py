@@ -16,7 +16,7 @@ from tuner.fleet.compute import budget_parts, spent
 from tuner.fleet.pbt import schedule
 from tuner.spec.config import StudyConfig, parse_config
 from tuner.errors import TunerError
-from tuner.store.storage import shown_url
+from tuner.store.urls import shown_url
 from tuner.store.place import StudyPlace, identity_attrs, study_place
 from tuner.spec.preflight import check_task_paths
 
@@ -151,7 +151,7 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=list(config.study.all_directions))
     except optuna.exceptions.DuplicatedStudyError:
-        stored = load_config(storage, name)  # raises if the study is not one of ours
+        stored = stored_config(storage, name)  # raises if the study is not one of ours
         changes = _differences(_comparable(stored.to_dict()), _comparable(wanted))
         if not changes:
             return LaunchResult(name, created=False)
@@ -187,7 +187,7 @@ def enqueue_from_file(study: optuna.Study, config: StudyConfig) -> None:
         study.enqueue_trial(dict(params), user_attrs={ENQUEUED_ATTR: "study file"})
 
 
-def load_config(storage: optuna.storages.RDBStorage, name: str) -> StudyConfig:
+def stored_config(storage: optuna.storages.RDBStorage, name: str) -> StudyConfig:
     """The study's config as launched; workers need nothing else."""
     try:
         study_id = storage.get_study_id_from_name(name)
@@ -246,7 +246,7 @@ def _best(name: str, config: StudyConfig, trial: optuna.trial.FrozenTrial) -> Be
 
 
 def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
-    config, trial = load_config(storage, name), best_frozen_trial(storage, name)
+    config, trial = stored_config(storage, name), best_frozen_trial(storage, name)
     best = _best(name, config, trial)
     if config.pruner.get("type") == "pbt":
         trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
@@ -256,7 +256,7 @@ def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
 
 def front_trials(storage: optuna.storages.RDBStorage, name: str) -> list[BestTrial]:
     """The trials no other COMPLETE trial beats on every objective (Optuna's best_trials), by trial number."""
-    config = load_config(storage, name)
+    config = stored_config(storage, name)
     front = optuna.load_study(study_name=name, storage=storage).best_trials
     if not front:
         raise TunerError(f"study {name!r} has no completed trial yet")
@@ -273,7 +273,7 @@ def _asha_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 
 
 def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
-    config = load_config(storage, name)
+    config = stored_config(storage, name)
     study_id = storage.get_study_id_from_name(name)
     tally = trial_counts(storage, study_id)
     counts = tally.states()

@@ -32,7 +32,7 @@ from tuner.fleet.recovery import INTERRUPTED, Reaper, RetryFailedTrial, TrialHea
 from tuner.fleet.retention import sweep_checkpoints
 from tuner.spec.search import make_pruner, make_sampler
 from tuner.store.storage import brief_storage, call_with_retry, make_storage
-from tuner.fleet.study import load_config, tuner_studies
+from tuner.fleet.study import stored_config, tuner_studies
 
 _log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Worker:
 
     def _serve(self, name: str) -> None:
         with brief_storage(self.url, retry_seconds=self.db_retry_seconds) as config_storage:
-            config = load_config(config_storage, name)
+            config = stored_config(config_storage, name)
             study_id = config_storage.get_study_id_from_name(name)
             self.place = study_place(config_storage.get_study_user_attrs(study_id), name)  # where its checkpoints go
             why = self._with_retry(lambda: study_done(config_storage, study_id, config), "count trials")

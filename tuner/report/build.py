@@ -29,9 +29,9 @@ def build_report(storage: optuna.storages.BaseStorage, name: str, out: Path,
     from tuner.report.figures import plotly_figure
     from tuner.report.page import render_page
 
-    from tuner.fleet.study import load_config
+    from tuner.fleet.study import stored_config
 
-    if load_config(storage, name).study.multi_objective:
+    if stored_config(storage, name).study.multi_objective:
         raise TunerError(f"study {name!r} has several objectives; the report covers single-objective studies "
                          f"for now: `tuner best --study {name}` prints the Pareto front, the dashboard plots it")
     snapshot = take_snapshot(storage, name)

@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec.config import StudyConfig
-from tuner.fleet.study import load_config
+from tuner.fleet.study import stored_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")  # the order the report lists them in
@@ -152,7 +152,7 @@ def _seconds_per_epoch(trial: FrozenTrial) -> float | None:
 
 def take_snapshot(storage: optuna.storages.BaseStorage, name: str) -> ReportSnapshot:
     """Read the study once (a TunerError if it does not exist or is not tuner's)."""
-    config = load_config(storage, name)
+    config = stored_config(storage, name)
     study_id = storage.get_study_id_from_name(name)
     taken_at = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     trials = sorted(storage.get_all_trials(study_id, deepcopy=False), key=lambda t: t.number)
@@ -255,4 +255,30 @@ def learning_curves(trials: list[FrozenTrial]) -> list[Curve]:
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)
             out.append(Curve(t.number, t.state.name, steps, [t.intermediate_values[s] for s in steps]))
+    return out
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One PBT segment as the family tree draws it: a member's epochs after `start` up to `end`."""
+
+    trial: int
+    member: int
+    start: int  # the epoch it resumed after (0 for a member's first segment)
+    end: int
+    value: float | None  # the metric at its last epoch
+    exploited_member: int | None  # the member whose weights it took at `start`, if any
+
+
+def family_tree(trials: list[FrozenTrial]) -> list[Segment]:
+    """PBT: every finished or running segment of every member, in trial order (FAIL attempts left out: their
+    retries stand for them)."""
+    out = []
+    for t in trials:
+        if "pbt_member" not in t.user_attrs or t.state == TrialState.FAIL or not t.intermediate_values:
+            continue
+        start = t.user_attrs.get("continued_at_epoch", 0)
+        end = max(t.intermediate_values)
+        out.append(Segment(t.number, int(t.user_attrs["pbt_member"]), start, end, t.intermediate_values[end],
+                           t.user_attrs.get("exploited_member")))
     return out

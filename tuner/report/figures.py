@@ -4,10 +4,11 @@ against the metric, and what pruning saved."""
 from __future__ import annotations
 
 import optuna.visualization as ov
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tuner.report.data import Curve, ReportSnapshot, learning_curves, size_front, pruning_savings
+from tuner.report.data import Curve, ReportSnapshot, family_tree, learning_curves, size_front, pruning_savings
 from tuner.report.plan import KnownImportances
 
 # colours shared with the matplotlib versions (png.py)
@@ -88,6 +89,26 @@ def pruning_figure(snapshot: ReportSnapshot) -> go.Figure:
     return fig
 
 
+def family_tree_figure(snapshot: ReportSnapshot) -> go.Figure:
+    segments = family_tree(snapshot.trials)
+    values = [s.value for s in segments if s.value is not None]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    fig = go.Figure()
+    for s in segments:
+        share = 0.5 if high == low or s.value is None else (s.value - low) / (high - low)
+        color = px.colors.sample_colorscale("Viridis", [share])[0]
+        fig.add_trace(go.Scatter(x=[s.start, s.end], y=[s.member, s.member], mode="lines+markers",
+                                 line=dict(color=color, width=4), showlegend=False,
+                                 hovertext=f"trial {s.trial}: epochs {s.start + 1}-{s.end}, value {s.value:.4f}",
+                                 hoverinfo="text"))
+        if s.exploited_member is not None:
+            fig.add_annotation(x=s.start, y=s.member, ax=s.start, ay=s.exploited_member, xref="x", yref="y",
+                               axref="x", ayref="y", showarrow=True, arrowhead=2, arrowcolor="#888")
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title="member", dtick=1)
+    return fig
+
+
 def plotly_figure(key: str, snapshot: ReportSnapshot, importances: dict[str, float] | None) -> go.Figure:
     study, params = snapshot.study, snapshot.searched_params
     if key == "history":
@@ -104,6 +125,8 @@ def plotly_figure(key: str, snapshot: ReportSnapshot, importances: dict[str, flo
         fig = size_figure(snapshot)
     elif key == "pruning":
         fig = pruning_figure(snapshot)
+    elif key == "family_tree":
+        fig = family_tree_figure(snapshot)
     else:
         raise ValueError(f"unknown plot {key!r}")
     fig.update_layout(title=None, template="plotly_white", height=HEIGHT, margin=dict(l=60, r=20, t=40, b=50))

@@ -20,6 +20,7 @@ PLOT_TITLES = {
     "slices": "Slice plots",
     "size": "{metric} vs parameter count",
     "pruning": "Epochs and device time, with and without pruning",
+    "family_tree": "The population's family tree (PBT)",
 }
 
 
@@ -75,5 +76,9 @@ def plan_plots(snapshot: ReportSnapshot, importances: dict[str, float] | None) -
         "pruning": ("epochs and device time of the finished trials, against the same trials trained "
                     "to the last epoch", None if snapshot.finished else "no finished trial yet"),
     }
+    if snapshot.config.pruner.get("type") == "pbt":
+        captions["family_tree"] = (f"each line is a member's segment, coloured by its {metric} at the segment's "
+                                   "end; a dotted arrow is an exploit: the member took the weights of the one it "
+                                   "comes from", None if curves else "no segment has reported an epoch yet")
     return [Plot(key, PLOT_TITLES[key].format(metric=metric), caption, missing)
             for key, (caption, missing) in captions.items()]

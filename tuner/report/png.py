@@ -16,7 +16,7 @@ import optuna.visualization.matplotlib as om  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from tuner.report.data import ReportSnapshot, learning_curves, size_front, pruning_savings  # noqa: E402
+from tuner.report.data import ReportSnapshot, family_tree, learning_curves, size_front, pruning_savings  # noqa: E402
 from tuner.report.figures import (BEST_COLOR, COMPLETE_COLOR, PRUNED_COLOR, RUNNING_COLOR,  # noqa: E402
                                   WITH_PRUNING_COLOR, WITHOUT_PRUNING_COLOR)
 from tuner.report.plan import KnownImportances, Plot  # noqa: E402
@@ -85,6 +85,22 @@ def pruning_png(snapshot: ReportSnapshot) -> Figure:
     return fig
 
 
+def family_tree_png(snapshot: ReportSnapshot) -> Figure:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    segments = family_tree(snapshot.trials)
+    values = [s.value for s in segments if s.value is not None]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    for s in segments:
+        share = 0.5 if high == low or s.value is None else (s.value - low) / (high - low)
+        ax.plot([s.start, s.end], [s.member, s.member], color=plt.cm.viridis(share), linewidth=3, marker="o")
+        if s.exploited_member is not None:
+            ax.annotate("", xy=(s.start, s.member), xytext=(s.start, s.exploited_member),
+                        arrowprops=dict(arrowstyle="->", color="#888", linestyle=":"))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("member")
+    return fig
+
+
 def _figure(key: str, snapshot: ReportSnapshot, importances: dict[str, float] | None) -> Figure:
     study, params = snapshot.study, snapshot.searched_params
     if key == "history":
@@ -101,6 +117,8 @@ def _figure(key: str, snapshot: ReportSnapshot, importances: dict[str, float] | 
         return size_png(snapshot)
     if key == "pruning":
         return pruning_png(snapshot)
+    if key == "family_tree":
+        return family_tree_png(snapshot)
     raise ValueError(f"unknown plot {key!r}")
 
 

@@ -1,6 +1,6 @@
 """Storage URL -> Optuna RDBStorage. The only place with engine settings.
 
-The URL's text (precedence, normalising, redaction) is tuner.store.urls; its names are re-exported here.
+The URL's text (precedence, normalising, redaction) is tuner.store.urls.
 The URL's password is never printed: every message uses ``redact(url)`` and ``scrub(text, url)``.
 """
 
@@ -21,19 +21,7 @@ import sqlalchemy
 
 from tuner.store.budget import holds_budget_lock
 from tuner.errors import TunerError
-from tuner.store.urls import (  # noqa: F401 (re-exported: callers import URL helpers from here too)
-    DEFAULT_STORAGE,
-    PG_DRIVER,
-    is_sqlite,
-    normalise_url,
-    password_of,
-    redact,
-    resolve_storage_url,
-    scrub,
-    shown_url,
-    sqlite_path,
-    worker_hint,
-)
+from tuner.store.urls import is_sqlite, normalise_url, redact, scrub, shown_url, sqlite_path
 
 # A worker keeps ONE connection open (its pool's); the main loop, the heartbeat and reaper threads and the budget
 # lock's transaction (which runs its whole section on that one connection, tuner.store.budget) take it in turn. When two
