@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -107,6 +108,11 @@ def test_a_paused_trial_is_promoted_and_resumes_from_its_checkpoint(pg_url, tmp_
     env = tuner_env(pg_url, tmp_path)
     best = json.loads(tuner("best", "--study", "asha-resume", "--format", "json", env=env).stdout)
     assert best["trial"] == study.best_trial.number and study.best_trial.last_step == 3
+    from test_sql_and_dashboard import readme_sql  # the README's best-params SQL picks the same trial
+
+    with sqlalchemy.create_engine(pg_url).connect() as conn:
+        rows = conn.execute(sqlalchemy.text(readme_sql("asha-resume", "sql:best"))).all()
+    assert {row.trial for row in rows} == {best["trial"]}, rows
     # status tells paused from pruned: PRUNED holds the paused segments, and says how many were promoted
     promoted = sum("continues" in t.user_attrs for t in trials)
     still_paused = sum("paused_at_epoch" in t.user_attrs for t in trials) - promoted
@@ -118,6 +124,10 @@ def test_a_paused_trial_is_promoted_and_resumes_from_its_checkpoint(pg_url, tmp_
     assert (counts["PRUNED"], counts["paused"], counts["continued"]) == (pruned, still_paused, promoted)
     status = tuner("status", "--study", "asha-resume", env=env)
     assert f"{pruned} ({still_paused} paused," in status.stdout, status.stdout
+    (machine,) = json.loads(tuner("status", "--study", "asha-resume", "--format", "json", env=env).stdout)
+    assert machine["best_trial"] == best["trial"] and machine["best_value"] == best["value"]
+    assert (machine["states"]["PRUNED"], machine["paused"], machine["continued"]) == (pruned, still_paused, promoted)
+    assert machine["ended"] == "4 of 4 trials" and machine["budget"] == "4/4 trials"
     report = tuner("report", "--study", "asha-resume", "--out", str(tmp_path / "r.html"), env=env)
     assert report.returncode == 0 and report.stderr == "", report.stderr
     html = (tmp_path / "r.html").read_text()

@@ -292,3 +292,26 @@ def test_real_data_and_weights_pass_the_launch_check(tmp_path):
     check_task_paths(TaskSection(dataset="imagefolder", data_dir=str(tmp_path / "split")))
     check_task_paths(TaskSection(model="resnet18", weights=str(weights)))
     check_task_paths(TaskSection(dataset="cifar10", data_dir=str(tmp_path / "nothing"), download=True))
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", "a\\b"])
+def test_a_study_name_that_is_a_path_is_refused_at_launch(pg_url, tmp_path, name):
+    path = study_file(tmp_path, "s")
+    out = tuner("launch-study", str(path), "--name", name, env=tuner_env(pg_url, tmp_path))
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "study.name" in out.stderr
+    assert optuna.get_all_study_names(storage=pg_url) == []
+
+
+def test_removing_a_folder_outside_the_checkpoint_root_is_refused(tmp_path):
+    from tuner.errors import TunerError
+    from tuner.store.place import StudyPlace
+
+    outside = tmp_path / "x"
+    (outside / "0").mkdir(parents=True)
+    (tmp_path / "root").mkdir()
+    with pytest.raises(TunerError, match="not inside the checkpoint root"):
+        StudyPlace(tmp_path / "root", "../x").remove()  # an old study's name as its folder key
+    with pytest.raises(TunerError, match="not inside the checkpoint root"):
+        StudyPlace(tmp_path / "root", ".").remove()
+    assert (outside / "0").is_dir()
+    assert StudyPlace(tmp_path / "root", "inside").remove() == 0  # inside the root: removed (here: nothing there)

@@ -7,6 +7,7 @@ import json
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -126,6 +127,11 @@ def test_three_workers_on_postgresql_train_the_population_to_the_exact_epoch_bud
     assert best["trial"] == study.best_trial.number
     assert [s["to_epoch"] for s in best["schedule"]] == [1, 2, 3, 4]
     assert best["schedule"][-1]["params"] == study.best_trial.params
+    from test_sql_and_dashboard import readme_sql  # the README's best-params SQL picks the same trial
+
+    with sqlalchemy.create_engine(pg_url).connect() as conn:
+        rows = conn.execute(sqlalchemy.text(readme_sql("pbt-three", "sql:best"))).all()
+    assert {row.trial for row in rows} == {best["trial"]}, rows
     table = tuner("best", "--study", "pbt-three", env={**env, "COLUMNS": "200"})
     assert "schedule" in table.stdout and table.returncode == 0
     out = tmp_path / "m.pt"

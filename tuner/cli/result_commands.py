@@ -48,6 +48,7 @@ def status(
     storage: Optional[str] = StorageOpt,
     watch: bool = typer.Option(False, "--watch", help="Refresh the table until Ctrl-C."),
     interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes with --watch."),
+    format: str = typer.Option("table", "--format", help="table | json (a list, one object per study)"),
 ) -> None:
     """Per study: trials by state, retries, best value so far, budget left, checkpoint disk use."""
     from tuner.cli import ui
@@ -55,7 +56,13 @@ def status(
 
     if watch and not interval > 0:
         raise TunerError(f"--interval must be > 0 seconds, got {interval}")
+    if format not in ("table", "json"):
+        raise TunerError(f"--format must be table or json, got {format!r}")
     st = existing_storage(storage)
+    if format == "json":
+        names = [study] if study else tuner_studies(st)
+        out.print_json(json.dumps([study_status(st, n).as_json() for n in names]))
+        return
 
     def table(caption: str = ""):
         return ui.status_table([study_status(st, n) for n in ([study] if study else tuner_studies(st))], caption)

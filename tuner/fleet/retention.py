@@ -115,7 +115,7 @@ def sweep_checkpoints(storage: optuna.storages.RDBStorage, study_id: int, name: 
         over = any(r.paused for r in rows) and bool(study_done(storage, study_id, config))
         doomed = doomed_lineages(rows, keep_best=config.study.keep_best, max_retries=config.study.max_retries,
                                  maximize=config.study.direction == "maximize", front=front, study_over=over)
-        freed = sum(remove_tree(folders[n]) for n in sorted(doomed & set(folders)))
+        freed = sum(remove_tree(folders[n], inside=place.path) for n in sorted(doomed & set(folders)))
         if freed:
             _log.debug("retention: freed %d bytes of checkpoints of study %r", freed, name)
         return freed

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.store.budget import budget_lock, trial_counts
-from tuner.fleet.compute import budget_parts, spent
+from tuner.fleet.compute import budget_parts, spent, study_done
 from tuner.fleet.pbt import schedule
 from tuner.spec.config import StudyConfig, parse_config
 from tuner.errors import TunerError
@@ -56,6 +56,20 @@ class StudyStatus:
     checkpoint_bytes: int | None = None  # None: this host has no folder for the study's checkpoints
     budget: str = ""  # what is spent of each budget, e.g. "12/20 trials, 40/100 epochs"
     front_size: int | None = None  # several objectives: how many trials are on the Pareto front
+    best_trial: int | None = None
+    ended: str = ""  # why the study is over ("" while it is not): the budget that was spent
+    epochs_trained: int | None = None  # with a compute budget: epochs claimed so far (each counted once)
+    device_hours: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """`tuner status --format json`: what the table shows, as numbers."""
+        states = {k: v for k, v in self.counts.items() if k.isupper()}
+        return {"study": self.name, "direction": self.direction, "states": states, "retries": self.retries,
+                "paused": self.counts.get("paused", 0), "continued": self.counts.get("continued", 0),
+                "best_value": self.best_value, "best_trial": self.best_trial, "front_size": self.front_size,
+                "n_trials": self.n_trials, "budget": self.budget, "epochs_trained": self.epochs_trained,
+                "device_hours": self.device_hours, "ended": self.ended or None,
+                "checkpoint_bytes": self.checkpoint_bytes}
 
     @property
     def finished(self) -> int:
@@ -280,18 +294,21 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
     trials = storage.get_all_trials(study_id, deepcopy=False)
     counts["retries"] = sum(1 for t in trials if "failed_trial" in t.system_attrs)
     counts.update(_asha_counts(trials))
-    best = front = None
+    best = front = best_number = None
     if counts.get("COMPLETE"):
         study = optuna.load_study(study_name=name, storage=storage)
         if config.study.multi_objective:
             front = len(study.best_trials)
         else:
             try:
-                best = study.best_value
+                best, best_number = study.best_value, study.best_trial.number
             except ValueError:  # with max_params: no feasible trial has completed yet
                 pass
     used = spent(storage, study_id) if config.study.compute_budget else None
     budget = ", ".join(text for _, text in budget_parts(config.study, tally.finished, used))
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
                        direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size(),
-                       budget=budget, front_size=front)
+                       budget=budget, front_size=front, best_trial=best_number,
+                       ended=study_done(storage, study_id, config, tally),
+                       epochs_trained=used.epochs if used else None,
+                       device_hours=round(used.hours, 6) if used else None)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import TunerError
 from tuner.store.checkpoint import DEFAULT_ROOT, CheckpointDir
 
 ENV = "TUNER_CHECKPOINT_DIR"
@@ -53,8 +54,9 @@ class StudyPlace:
         return tree_size(self.path) if self.path.is_dir() else None
 
     def remove(self) -> int:
-        """Delete the study's folder; returns the bytes freed."""
-        return remove_tree(self.path)
+        """Delete the study's folder; returns the bytes freed. Only a folder strictly inside the root: a key that
+        climbs out of it (an old study's name such as "../x", from before names were checked) is refused."""
+        return remove_tree(self.path, inside=self.root)
 
 
 def _env_root() -> Path | None:
@@ -87,8 +89,13 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def remove_tree(path: Path) -> int:
-    """rmtree that tolerates a concurrent remover (another worker's sweep); returns the bytes freed."""
+def remove_tree(path: Path, inside: Path | None = None) -> int:
+    """rmtree that tolerates a concurrent remover (another worker's sweep); returns the bytes freed. With
+    `inside`, a path that does not resolve to a folder strictly below it raises TunerError instead."""
+    if inside is not None:
+        resolved, root = Path(path).resolve(), Path(inside).resolve()
+        if resolved == root or root not in resolved.parents:
+            raise TunerError(f"refusing to delete {path}: it is not inside the checkpoint root {inside}")
     before = tree_size(path)
     shutil.rmtree(path, ignore_errors=True)
     return before - tree_size(path)
