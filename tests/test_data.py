@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
 from PIL import Image
 
 from conftest import REPO, study_file, tuner, tuner_env
@@ -210,7 +211,6 @@ def test_tuner_prepare_prints_the_cache_size_and_path(cache, tmp_path):
 def test_an_imagefolder_study_scores_its_test_split_and_its_export_predicts_raw_pngs(pg_url, tmp_path):
     """train/ val/ test/ of real digits: the best trial's test_accuracy is measured at the end of `tuner run`
     and shown by `tuner best`; the exported file alone turns the raw validation PNGs into the stored accuracy."""
-    from sklearn.datasets import load_digits
 
     from tuner.engine.export import load_exported
 
@@ -257,3 +257,25 @@ def test_an_imagefolder_study_scores_its_test_split_and_its_export_predicts_raw_
     assert tuner("export", "--study", "folder", "--out", str(again), env=env, cwd=Path("/")).returncode == 0
     assert torch.equal(load_exported(again).predict(images), predicted)
     assert load_exported(again).predict(images[0]).tolist() == predicted[:1].tolist()  # one image
+
+
+def test_a_digits_export_predicts_digits_as_scikit_learn_gives_them_and_refuses_what_it_would_get_wrong(
+        pg_url, tmp_path, monkeypatch):
+    from inprocess import serve_in_process
+    from tuner.engine.export import load_exported
+
+    text = study_file(tmp_path, "dig", n_trials=1, epochs=3, pruner='type = "none"',
+                      space="lr = 0.02\nwidth = 16\ndepth = 2\n").read_text()
+    serve_in_process(pg_url, tmp_path / "run", monkeypatch, text)
+    out = tmp_path / "m.pt"
+    assert tuner("export", "--study", "dig", "--out", str(out), env=tuner_env(pg_url, tmp_path / "run")).returncode == 0
+    exported = load_exported(out)
+    digits = load_digits()
+    stored = np.round(digits.images * 255 / 16).astype(np.uint8)  # as the prepared data holds them
+    expected = exported.predict(stored)
+    assert (expected.numpy() == digits.target).mean() > 0.5  # it learned: chance is 0.1
+    assert torch.equal(exported.predict(digits.images), expected)  # 0-16 floats, as load_digits() gives them
+    assert torch.equal(exported.predict(digits.data), expected)  # the flat rows
+    assert torch.equal(exported.predict(torch.from_numpy(stored)[:, None]), expected)  # a (N, C, H, W) tensor
+    with pytest.raises(TypeError, match="uint8 pixels 0-255, got a float64 array"):
+        exported.predict(digits.images / 16)  # scaled to 0-1: refused, not silently at chance

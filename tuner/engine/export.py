@@ -68,30 +68,69 @@ class Exported:
     def preprocess(self, images: Any) -> torch.Tensor:
         """Raw images -> the normalised float batch the model was validated on (the same resize and centre
         crop as the prepared cache, then the centre crop and normalisation of evaluation)."""
-        from PIL import Image
-
         from tuner.data.sources import fit_image
 
         p = self.preprocessing
-        if isinstance(images, Image.Image):  # one image
-            images = [images]
-        if isinstance(images, torch.Tensor):  # uint8 (N, C, H, W), torchvision's layout
-            images = [Image.fromarray(x.permute(1, 2, 0).squeeze(-1).numpy()) for x in images]
-        elif isinstance(images, np.ndarray):  # uint8 (N, H, W) or (N, H, W, C), as PIL gives them
-            if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
-                images = images.transpose(0, 2, 3, 1)  # (N, C, H, W), as a dataset loader returns them
-            images = [Image.fromarray(x.squeeze(-1) if x.ndim == 3 and x.shape[-1] == 1 else x) for x in images]
-        elif not all(isinstance(image, Image.Image) for image in images):
-            raise TypeError("predict() takes a PIL image, a list of PIL images, or a uint8 array/tensor of images")
-        batch = np.stack([fit_image(image, p["stored_size"], p["channels"]) for image in images])
+        pictures = _as_pil_images(images, self.config.task.dataset)
+        batch = np.stack([fit_image(image, p["stored_size"], p["channels"]) for image in pictures])
         # evaluation's own centre crop and normalisation, as the validation batches had them
         return Augment("none", p["stored_size"], p["train_size"], p["mean"], p["std"]).eval(torch.from_numpy(batch))
 
     @torch.no_grad()
     def predict(self, images: Any) -> torch.Tensor:
-        """Class indices (an int64 tensor, one per image; `classes[i]` names them) for a PIL image, a list of
-        them, or a uint8 array (N, H, W[, C]) / tensor (N, C, H, W) of images."""
+        """Class indices (an int64 tensor, one per image; `classes[i]` names them). Takes images as they are
+        stored: a PIL image or a path (or a list of them), or uint8 pixels 0-255 as a numpy array or torch tensor,
+        (N, H, W), (N, H, W, C) or (N, C, H, W). A float array is refused (its scale is a guess), as is a uint8
+        one whose values stop at 1 or 16 (not 0-255 images) — except for a digits export, which takes
+        scikit-learn's digits as load_digits() gives them (0-16, `.images` or `.data`) and scales them itself."""
         return self.model(self.preprocess(images)).argmax(1)
+
+
+DIGITS_MAX = 16  # scikit-learn's digits: pixel values 0..16 (tuner.data.sources scales them to 0..255)
+
+
+def _as_pil_images(images: Any, dataset: str) -> list:
+    """What predict() accepts, as PIL images; anything that would silently be wrong is one clear error."""
+    from PIL import Image
+
+    if isinstance(images, (Image.Image, str, Path)):
+        images = [images]
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+        if images.ndim == 3 and images.shape[0] in (1, 3):  # one (C, H, W) image
+            images = images[None]
+        if images.ndim == 4 and images.shape[1] in (1, 3):  # torchvision's (N, C, H, W)
+            images = images.transpose(0, 2, 3, 1)
+    if isinstance(images, np.ndarray):
+        return [Image.fromarray(x.squeeze(-1) if x.ndim == 3 and x.shape[-1] == 1 else x)
+                for x in _pixels(images, dataset)]
+    out = []
+    for image in images:
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as opened:
+                image = opened.copy()
+        if not isinstance(image, Image.Image):
+            raise TypeError("predict() takes PIL images, image paths, or uint8 arrays/tensors of 0-255 pixels; got "
+                            f"a list holding {type(image).__name__}")
+        out.append(image)
+    return out
+
+
+def _pixels(images: np.ndarray, dataset: str) -> np.ndarray:
+    """uint8 (N, H, W[, C]) pixels 0-255, from what the caller passed."""
+    if dataset == "digits" and images.size and images.min() >= 0 and 1 < images.max() <= DIGITS_MAX:
+        if images.ndim == 2 and images.shape[1] == 64:  # load_digits().data: flat rows
+            images = images.reshape(-1, 8, 8)
+        return np.round(images.astype(np.float64) * (255 / DIGITS_MAX)).astype(np.uint8)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)  # (N, C, H, W), as a dataset loader returns them
+    if images.dtype != np.uint8:
+        raise TypeError(f"predict() takes uint8 pixels 0-255, got a {images.dtype} array: convert it as your images "
+                        "were stored (e.g. (x * 255).round().astype('uint8') for 0-1 floats)")
+    if images.size and images.max() <= DIGITS_MAX:
+        raise ValueError(f"predict() takes 0-255 images, but these uint8 pixels stop at {images.max()}: scale them "
+                         "to 0-255 first")
+    return images
 
 
 def load_exported(path: Path) -> Exported:
