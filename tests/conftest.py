@@ -81,9 +81,9 @@ def new_pgdata() -> Path:
     return Path(tempfile.mkdtemp(prefix="tuner-test-pg-"))
 
 
-def start_pgserver(pgdata: Path) -> str:
-    """Start PostgreSQL in pgdata with a `tuner` role that must log in with PASSWORD; returns an admin URL.
-    The server is stopped and pgdata removed when the test session's process exits."""
+def start_pgserver(pgdata: Path):
+    """Start PostgreSQL in pgdata with a `tuner` role that must log in with PASSWORD; returns pgserver's handle
+    (`.get_uri()`: an admin URL; stop_postgres() ends it)."""
     import pgserver
 
     server = pgserver.get_server(pgdata, cleanup_mode="delete")
@@ -91,7 +91,7 @@ def start_pgserver(pgdata: Path) -> str:
     # First matching line wins: the tuner role must authenticate, everyone else stays on trust.
     hba.write_text("local all tuner scram-sha-256\n" + hba.read_text())
     server.psql(f"CREATE ROLE tuner LOGIN CREATEDB PASSWORD '{PASSWORD}'; SELECT pg_reload_conf();")
-    return server.get_uri()
+    return server
 
 
 def admin_and_user_urls(admin_uri: str) -> tuple[str, str]:
@@ -101,12 +101,30 @@ def admin_and_user_urls(admin_uri: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory) -> tuple[str, str]:
+def pg_server(tmp_path_factory) -> Iterator[tuple[str, str]]:
     """(admin URL, password-protected user URL) of the session's PostgreSQL, database 'postgres'."""
     env_url = os.environ.get("TUNER_TEST_DATABASE_URL")
     if env_url:
-        return env_url, env_url
-    return admin_and_user_urls(start_pgserver(new_pgdata()))
+        yield env_url, env_url
+        return
+    pgdata = new_pgdata()
+    server = start_pgserver(pgdata)
+    yield admin_and_user_urls(server.get_uri())
+    # pgserver stops it at interpreter exit, which pytest-xdist's workers never reach: stop it here, so no
+    # server outlives the suite.
+    stop_postgres(server, pgdata)
+
+
+def stop_postgres(server, pgdata: Path) -> None:
+    """Stop whatever server runs in pgdata now (a test may have restarted it behind pgserver's back, with
+    pg_ctl), then let pgserver remove the folder and forget it (no second attempt at exit)."""
+    import pgserver
+
+    try:
+        pgserver._commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user="pgserver")
+    except Exception:  # already stopped (a test stopped it for good)
+        pass
+    server.cleanup()
 
 
 def restart_postgres(pgdata: Path, admin_uri: str, down_for: float) -> None:
@@ -123,17 +141,11 @@ def restart_postgres(pgdata: Path, admin_uri: str, down_for: float) -> None:
 @pytest.fixture
 def own_postgres(tmp_path) -> tuple[Path, str, str]:
     """A PostgreSQL this test may stop and start: (pgdata, admin URI, user URL of a fresh database)."""
-    import pgserver
-
     pgdata = new_pgdata()
-    admin_uri = start_pgserver(pgdata)
+    server = start_pgserver(pgdata)
+    admin_uri = server.get_uri()
     yield pgdata, admin_uri, create_database(*admin_and_user_urls(admin_uri))
-    # A test may have restarted it behind pgserver's back (pg_ctl): stop whatever runs there now, so no
-    # server outlives the suite.
-    try:
-        pgserver._commands.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=pgdata, user="pgserver")
-    except Exception:  # already stopped (the test stopped it for good)
-        pass
+    stop_postgres(server, pgdata)
 
 
 def create_database(admin_url: str, user_url: str) -> str:
