@@ -139,6 +139,8 @@ def test_three_workers_on_postgresql_train_the_population_to_the_exact_epoch_bud
     import torch
 
     assert [s["to_epoch"] for s in torch.load(out, weights_only=False)["schedule"]] == [1, 2, 3, 4]
+    extend = tuner("extend", "--study", "pbt-three", "--n-trials", "8", env=env)
+    assert extend.returncode == 1 and "population" in extend.stderr and len(extend.stderr.splitlines()) == 1
     status = tuner("status", "--study", "pbt-three", env=env)
     assert status.returncode == 0 and "paused" in status.stdout
     report = tuner("report", "--study", "pbt-three", "--out", str(tmp_path / "r.html"), "--png",

@@ -72,6 +72,9 @@ def extend_study(storage: optuna.storages.RDBStorage, name: str, n_trials: int) 
     study_id = storage.get_study_id_from_name(name)
     with budget_lock(storage, study_id):  # no trial starts meanwhile, and two extends do not interleave
         config = stored_config(storage, name)
+        if config.pruner.get("type") == "pbt":
+            raise TunerError(f"study {name!r} is population-based training: its configurations are its population "
+                             f"({config.pruner['population']}); launch a new study for a larger one")
         counts = trial_counts(storage, study_id)
         if n_trials < counts.committed:
             busy = counts.committed - counts.finished

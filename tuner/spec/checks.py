@@ -159,6 +159,9 @@ def check_population(c: Checker, sections: dict[str, Any], raw: dict[str, Any]) 
     for name in pruner["perturb"]:
         if name not in searched:
             raise c.fail("pruner.perturb", "can only name hyperparameters searched in [space]", name)
+    if len(sections["enqueue"]) > pruner["population"]:  # queued configs start the first members
+        raise c.fail("enqueue", f"holds more configs than pruner.population ({pruner['population']})",
+                     len(sections["enqueue"]))
     n_trials = raw["study"].get("n_trials")
     if n_trials is not None and n_trials != pruner["population"]:
         raise c.fail("study.n_trials", f"must equal pruner.population ({pruner['population']}) with pbt, or be "
