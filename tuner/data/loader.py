@@ -140,8 +140,12 @@ class Batches:
 
     def train(self, order: torch.Tensor, batch_size: int, generator: torch.Generator
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Augmented training batches in `order` (a permutation of range(num_train), on the CPU)."""
+        """Augmented training batches in `order` (a permutation of range(num_train), on the CPU). A last batch of
+        one image joins the one before: batch norm cannot train on one value per channel (a backbone's last
+        stages at a small image size are 1x1), which failed every trial whose batch size left one over."""
         positions = list(order.split(batch_size))
+        if len(positions) > 1 and len(positions[-1]) == 1:
+            positions[-2:] = [torch.cat(positions[-2:])]
         labels = self.labels[torch.from_numpy(self.train_index).to(self.device)]
         for pos, images in zip(positions, self._uint8("train", positions)):
             yield self.augment.train(images, generator), labels[pos.to(self.device)]

@@ -98,6 +98,8 @@ def family_tree_png(snapshot: ReportSnapshot) -> Figure:
                         arrowprops=dict(arrowstyle="->", color="#888", linestyle=":"))
     ax.set_xlabel("epoch")
     ax.set_ylabel("member")
+    ax.set_yticks(sorted({s.member for s in segments}))
+    ax.xaxis.get_major_locator().set_params(integer=True)
     return fig
 
 
