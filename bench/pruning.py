@@ -16,6 +16,10 @@ a 100-trial study costs ~10 s of Optuna's storage and TPE instead of the ~3 min 
     python bench/pruning.py run --seeds 5 --trials 100 --skip wilcoxon           # all but the slow one
     python bench/pruning.py run --seeds 5 --trials 100 --budget-fraction 0.25 \
         --pruners none median successive_halving hyperband asha asha-rf2          # at an equal epoch budget
+    python bench/pruning.py run --seeds 5 --trials 100 --budget-fraction 0.25 \
+        --pruners none median asha-r1-rf2 asha-r1-rf3 asha-r2-rf2 asha-r2-rf3 asha-r3-rf2 asha-r3-rf3   # ASHA's grid
+    python bench/pruning.py run --seeds 3 --trials 100 --budget-fraction 0.25 --sampler random \
+        --pruners none median asha-r3-rf2 asha-r1-rf3                             # without TPE's feedback
 
 Per pruner setting, over the seeds (median, and min-max in brackets): epochs trained as % of the no-pruning run
 of the same seed, best value, its gap to no pruning's best (points of accuracy), how many seeds end within
@@ -26,7 +30,9 @@ pruner setting of seed s starts from the same TPE seed, and a second run of the 
 (all but the seconds). 'top pruned' counts pruned trials whose replayed curve would have ended within 0.5 points
 of the best recorded curve: good configs a pruner stopped, whether or not the study found them again.
 
-ASHA (`asha`, `asha-rf2`: tuner's [pruner] type = "asha", which pauses trials at rungs and promotes them later):
+ASHA (`asha`: tuner's [pruner] type = "asha" with its defaults, which pauses trials at rungs and promotes them
+later; `asha-r{R}-rf{F}`: min_resource R, reduction_factor F spelled out, rungs at R x F**k below task.epochs;
+`asha-rf2` = `asha-r1-rf2`, `asha-rf3` = `asha-r1-rf3`):
 the objective resumes a promotion as run_trial does (make_objective_factory), and a trial's epochs are the steps
 it reported after its `resumed_from_epoch`, so a lineage's replayed epochs count once. With a trial budget ASHA's
 n_trials counts configurations, and 'pruned' counts trials stopped for good (a paused trial promoted since is not).
@@ -88,12 +94,17 @@ PRUNERS: dict[str, dict] = {
     "patient-2-median": {"type": "patient", "patience": 2, "wraps": "median"},
     "threshold-0.2": {"type": "threshold", "lower": 0.2},
     "median": {"type": "median"},  # tuner's default: n_startup_trials 5, warm-up ceil(0.2 x task.epochs)
-    "asha": {"type": "asha"},  # tuner's scheduler: pauses at rungs and promotes (min_resource 1, reduction_factor 3)
-    "asha-rf2": {"type": "asha", "reduction_factor": 2},
+    "asha": {"type": "asha"},  # tuner's scheduler with its defaults: pauses at rungs and promotes
+    # ASHA's settings spelled out: asha-r{min_resource}-rf{reduction_factor} (the "Choosing ASHA's defaults" grid)
+    **{f"asha-r{r}-rf{f}": {"type": "asha", "min_resource": r, "reduction_factor": f}
+       for r in (1, 2, 3) for f in (2, 3)},
 }
-ALIASES = {"successive_halving": "successive-halving", "asha-rf3": "asha", "none@budget": "none"}
-BUDGET_ONLY = ("median", "asha", "asha-rf2")  # not in the default set of the trial-budget mode (the 2026-11-24 table)
-BUDGET_ARMS = ["none", "median", "successive-halving", "hyperband", "asha", "asha-rf2"]  # --budget-fraction's default
+ALIASES = {"successive_halving": "successive-halving", "asha-rf3": "asha-r1-rf3", "asha-rf2": "asha-r1-rf2",
+           "none@budget": "none"}
+ASHA_GRID = [label for label in PRUNERS if label.startswith("asha-r")]
+BUDGET_ONLY = ("median", "asha", *ASHA_GRID)  # not in the default set of the trial-budget mode (the 2026-11-24 table)
+# --budget-fraction's default
+BUDGET_ARMS = ["none", "median", "successive-halving", "hyperband", "asha", "asha-r1-rf2"]
 REFERENCE = "none@full"  # --budget-fraction: no pruning with --trials trials and no epoch budget
 
 
@@ -309,11 +320,12 @@ def make_objective_factory(surrogate: Surrogate):
 # ---------------------------------------------------------------------------------------------- run
 
 
-def study_dict(name: str, seed: int, trials: int, epochs: int, pruner: dict, max_epochs: int = 0) -> dict:
+def study_dict(name: str, seed: int, trials: int, epochs: int, pruner: dict, max_epochs: int = 0,
+               sampler: str = "tpe") -> dict:
     """The study file of one run; max_epochs > 0 gives it an epoch budget instead of a trial budget (n_trials 0:
     no cap on trials)."""
     raw = digits_study()
-    raw["study"].update(name=name, seed=seed, sampler="tpe")
+    raw["study"].update(name=name, seed=seed, sampler=sampler)
     if max_epochs:
         raw["study"].update(n_trials=0, max_epochs=max_epochs)
     else:
@@ -450,14 +462,15 @@ def run(args) -> None:
           f"({surrogate.failed} failed configs left out; recorded {rec['date']}, {rec['seconds'] / 60:.1f} min); "
           f"best recorded final val_accuracy {surrogate.ceiling:.4f}")
     if args.budget_fraction:
-        print(f"studies: sampler tpe, task.epochs {epochs}, seeds {args.seeds}, one in-process Worker each, SQLite in "
-              f"a temporary folder; {REFERENCE}: no pruning, n_trials {args.trials}, no epoch budget; every other arm: "
-              f"[study] max_epochs = {args.budget_fraction:g} x {REFERENCE}'s epochs of the same seed, no n_trials")
+        print(f"studies: sampler {args.sampler}, task.epochs {epochs}, seeds {args.seeds}, one in-process Worker "
+              f"each, SQLite in a temporary folder; {REFERENCE}: no pruning, n_trials {args.trials}, no epoch "
+              f"budget; every other arm: [study] max_epochs = {args.budget_fraction:g} x {REFERENCE}'s epochs of the "
+              "same seed, no n_trials")
         print()
         run_budget(args, surrogate, labels)
         return
-    print(f"studies: sampler tpe, {args.trials} trials, task.epochs {epochs}, seeds {args.seeds}, one in-process "
-          f"Worker each, SQLite in a temporary folder")
+    print(f"studies: sampler {args.sampler}, {args.trials} trials, task.epochs {epochs}, seeds {args.seeds}, one "
+          f"in-process Worker each, SQLite in a temporary folder")
     print()
 
     factory = make_objective_factory(surrogate)
@@ -469,7 +482,7 @@ def run(args) -> None:
         for seed in range(args.seeds):
             for label in labels:
                 name = f"pruning-{label}-seed{seed}"
-                raw = study_dict(name, seed, args.trials, epochs, PRUNERS[label])
+                raw = study_dict(name, seed, args.trials, epochs, PRUNERS[label], sampler=args.sampler)
                 result = run_study(url, name, raw, factory, surrogate)
                 results[label].append(result)
                 if args.verbose:
@@ -538,9 +551,9 @@ def run_budget(args, surrogate: Surrogate, labels: list[str]) -> None:
             for arm in arms:
                 name = f"budget-{arm}-seed{seed}"
                 if arm == REFERENCE:
-                    raw = study_dict(name, seed, args.trials, epochs, PRUNERS["none"])
+                    raw = study_dict(name, seed, args.trials, epochs, PRUNERS["none"], sampler=args.sampler)
                 else:
-                    raw = study_dict(name, seed, 0, epochs, PRUNERS[arm], max_epochs=budget)
+                    raw = study_dict(name, seed, 0, epochs, PRUNERS[arm], max_epochs=budget, sampler=args.sampler)
                 result = run_study(url, name, raw, factory, surrogate)
                 results[arm].append(result)
                 rows = result["rows"]
@@ -641,6 +654,8 @@ def main() -> None:
     go.add_argument("--pruners", nargs="+", help=f"a subset of: {', '.join(PRUNERS)} (none is always run)")
     go.add_argument("--skip", nargs="+", help="settings to leave out, e.g. wilcoxon (the slow one: see the docstring)")
     go.add_argument("--curves", default=str(CURVES))
+    go.add_argument("--sampler", default="tpe", choices=("tpe", "random"),
+                    help="[study] sampler of every study (random: to tell a pruner's effect apart from TPE's)")
     go.add_argument("--verbose", action="store_true", help="a line per study as it ends")
     go.add_argument("--budget-fraction", type=float, metavar="F",
                     help="compare at an equal epoch budget: every setting gets [study] max_epochs = F x the epochs of "
