@@ -1,4 +1,5 @@
-"""The one exception type that the CLI turns into a single line on stderr."""
+"""The exceptions tuner raises on purpose: TunerError (the CLI shows it as one line, no traceback), and
+Interrupted / TrialFailed (a trial ended for a reason the worker records as its fail_reason)."""
 
 
 class TunerError(Exception):
