@@ -18,6 +18,8 @@ Per seed s (the study's seed: TPE is seeded by it; PBT's first population is wha
                                      3; from 5a7b237 to the commit after be7ad0c they were ceil(0.2 x epochs) / 2,
                                      which is what the CIFAR run's `asha` row used)
                 asha-1x3             min_resource 1, reduction_factor 3 spelled out
+                asha-3x2             min_resource 3, reduction_factor 2 (ceil(0.2 x 12): the interim default at
+                                     12 epochs)
                 pbt                  tuner's PBT, population = max_epochs / epochs (every member trains to the
                                      end, so that is what the budget buys), interval and the rest its defaults
 Printed per arm (median over seeds, min–max in brackets; and per seed): the best val_accuracy of a trial trained
@@ -28,8 +30,9 @@ configurations started (configurations: trials without the user attribute `conti
 checks of what tuner's schedulers did (exact budget, claims equal to epochs trained, every continuation resumed
 where its trial paused with the curve it replays, no FAIL, PBT's population complete).
 
-    python bench/schedulers.py --epochs 8 --configs 24 --fraction 0.25 --seeds 3              # digits
-    python bench/schedulers.py --task cifar --per-class 1000 --epochs 6 --configs 12 --fraction 0.5 --seeds 1
+    python bench/schedulers.py --epochs 12 --configs 32 --fraction 0.25 --seeds 3             # digits, ~13 min
+    python bench/schedulers.py --epochs 12 --configs 32 --fraction 0.25 --seeds 2 --first-seed 3   # seeds 3, 4
+    python bench/schedulers.py --task cifar --per-class 1000 --epochs 6 --configs 12 --fraction 0.5 --seeds 1  # ~39 min
 
 --task cifar extracts --per-class images of each class from ../shared/datasets/cifar10-train.tar.xz (an
 ImageFolder tree of CIFAR-10's training images) into a temporary folder and searches the same space with
@@ -70,7 +73,9 @@ ARMS: dict[str, dict] = {  # label -> the [pruner] table (pbt's population is se
     "successive_halving": {"type": "successive_halving"},
     "hyperband": {"type": "hyperband"},
     "asha": {"type": "asha"},  # tuner's defaults when run (the stored table is printed)
-    "asha-1x3": {"type": "asha", "min_resource": 1, "reduction_factor": 3},  # Li et al.'s / Syne Tune's
+    "asha-1x3": {"type": "asha", "min_resource": 1, "reduction_factor": 3},
+    # the first rung at 20% of 12 epochs (as median's warm-up), factor 2: tuner's default from 5a7b237 to 98df682
+    "asha-3x2": {"type": "asha", "min_resource": 3, "reduction_factor": 2},  # Li et al.'s / Syne Tune's
     "pbt": {"type": "pbt"},
 }
 
@@ -278,7 +283,7 @@ def pct(v: float) -> float:
     return 100 * v if math.isfinite(v) else v
 
 
-def print_tables(arms: list[str], summary: dict[str, list[dict]], budgets: dict[str, int], seeds: int) -> None:
+def print_tables(arms: list[str], summary: dict[str, list[dict]], budgets: dict[str, int], seeds: list[int]) -> None:
     base = [r["best"] for r in summary[REFERENCE]]
     print(f"| arm | max_epochs | best val acc % | gap to {REFERENCE}, pts | best @10% | best @25% | best @50% "
           "| trials started | configs started | trained to the end | s/study |")
@@ -299,7 +304,7 @@ def print_tables(arms: list[str], summary: dict[str, list[dict]], budgets: dict[
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for arm in arms:
         for s, r in enumerate(summary[arm]):
-            print(f"| {arm} | {s} | {r['epochs']} | {cell(pct(r['best']), '.2f')} | "
+            print(f"| {arm} | {seeds[s]} | {r['epochs']} | {cell(pct(r['best']), '.2f')} | "
                   f"{cell(100 * (r['best'] - base[s]), '+.2f')} | "
                   + " | ".join(cell(pct(r['at'][share]), ".2f") for share in SHARES)
                   + f" | {r['trials']} | {r['configs']} | {r['complete']} | {r['wall_s']:.0f} |")
@@ -315,7 +320,8 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=24, help="configs none@full trains to the end")
     parser.add_argument("--fraction", type=float, default=0.25, help="every arm's max_epochs, as a share of "
                         "none@full's configs x epochs")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (seeds first .. first+n-1)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--per-class", type=int, default=1000, help="cifar: images per class")
     parser.add_argument("--archive", default=str(CIFAR_ARCHIVE), help="cifar: the ImageFolder tarball")
@@ -323,6 +329,7 @@ def main() -> None:
     if not 0 < args.fraction <= 1:
         raise SystemExit("--fraction must be in (0, 1]")
     budget = round(args.fraction * args.configs * args.epochs)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     if "pbt" in args.arms and budget // args.epochs < 2:
         raise SystemExit(f"pbt needs a population of 2 or more: max_epochs {budget} / epochs {args.epochs} < 2")
 
@@ -350,7 +357,7 @@ def main() -> None:
         base = base_study(args, data_dir)
         describe_task(base)
         pbt_population = budget // args.epochs
-        print(f"studies: sampler tpe seeded by the seed, task.epochs {args.epochs}, seeds 0..{args.seeds - 1}, one "
+        print(f"studies: sampler tpe seeded by the seed, task.epochs {args.epochs}, seeds {seeds[0]}..{seeds[-1]}, one "
               f"in-process Worker each, SQLite in a temporary folder; {REFERENCE}: no pruning, n_trials "
               f"{args.configs} ({args.configs * args.epochs} epochs); every arm: max_epochs = {args.fraction:g} x "
               f"{args.configs} x {args.epochs} = {budget}, no trial cap"
@@ -358,7 +365,7 @@ def main() -> None:
         print(flush=True)
         url = f"sqlite:///{tmp}/bench.db"
         results: dict[str, list[dict]] = {arm: [] for arm in arms}
-        for seed in range(args.seeds):
+        for seed in seeds:
             for arm in arms:
                 raw = study_dict(base, f"sched-{arm}-seed{seed}", seed, arm, args.configs, budget)
                 result = run_study(url, raw)
@@ -376,13 +383,13 @@ def main() -> None:
           "best @x = best among the trials completed by the time the arm had trained x of its own budget; "
           "- = no trial had been trained to the end by then.")
     print()
-    print_tables(arms, summary, budgets, args.seeds)
+    print_tables(arms, summary, budgets, seeds)
     print()
     print("Checks (budget exact, epochs_trained = epochs trained, every continuation resumed where its trial "
           "paused and replays the curve of the weights it took, no FAIL, every PBT member trained to the end):")
     fine = True
     for arm in arms:
-        for seed, result in enumerate(results[arm]):
+        for seed, result in zip(seeds, results[arm]):
             for problem in check(result):
                 fine = False
                 print(f"  {arm} seed {seed}: {problem}")
