@@ -430,6 +430,20 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{format(statistics.median(finite), fmt)} ({format(min(finite), fmt)}–{format(max(finite), fmt)}){some}"
 
 
+def arm_cells(rows: list, own_epochs: list, base: list) -> tuple:
+    """One arm's per-seed figures for a table row: epochs as % of `own_epochs` (the budget each seed's row is
+    measured against), best and gap to `base` in points, seeds within NEAR, and the best-at-share cells."""
+    pct = [100 * r["epochs"] / own_epochs[s] for s, r in enumerate(rows)]
+    best = [100 * r["best"] for r in rows]
+    gap = [100 * (r["best"] - base[s]) for s, r in enumerate(rows)]
+    within = sum(g >= -NEAR - 1e-9 for g in gap)
+    at_cells = []
+    for b in BUDGETS:
+        mark = "†" if any(b in r["out_of_trials"] for r in rows) else " "  # some seed had run out of trials
+        at_cells.append(f"{spread([100 * r['at'][b] for r in rows], '.2f') + mark:>22}")
+    return pct, best, gap, within, at_cells
+
+
 def run(args) -> None:
     one_thread()
     import logging
@@ -512,14 +526,7 @@ def run(args) -> None:
     print("-" * len(head))
     for label in labels:
         rows = summary[label]
-        pct = [100 * r["epochs"] / reference[s] for s, r in enumerate(rows)]
-        best = [100 * r["best"] for r in rows]
-        gap = [100 * (r["best"] - base[s]) for s, r in enumerate(rows)]
-        within = sum(g >= -NEAR - 1e-9 for g in gap)
-        at_cells = []
-        for b in BUDGETS:
-            mark = "†" if any(b in r["out_of_trials"] for r in rows) else " "
-            at_cells.append(f"{spread([100 * r['at'][b] for r in rows], '.2f') + mark:>22}")
+        pct, best, gap, within, at_cells = arm_cells(rows, reference, base)
         pruned = spread([r["pruned"] for r in rows], ".0f")
         top_pruned = spread([r["top_pruned"] for r in rows], ".0f")
         secs = statistics.median(res["wall_s"] for res in results[label])
@@ -594,14 +601,7 @@ def run_budget(args, surrogate: Surrogate, labels: list[str]) -> None:
     for arm in arms:
         rows = summary[arm]
         own = [res["max_epochs"] or full[s] for s, res in enumerate(results[arm])]
-        pct = [100 * r["epochs"] / own[s] for s, r in enumerate(rows)]
-        best = [100 * r["best"] for r in rows]
-        gap = [100 * (r["best"] - base[s]) for s, r in enumerate(rows)]
-        within = sum(g >= -NEAR - 1e-9 for g in gap)
-        at_cells = []
-        for b in BUDGETS:
-            mark = "†" if any(b in r["out_of_trials"] for r in rows) else " "
-            at_cells.append(f"{spread([100 * r['at'][b] for r in rows], '.2f') + mark:>22}")
+        pct, best, gap, within, at_cells = arm_cells(rows, own, base)
         counts = [f"{spread([r[key] for r in rows], '.0f'):>{width}}"
                   for key, width in (("trials", 15), ("configs", 15), ("complete", 12), ("pruned", 12),
                                      ("top_pruned", 11))]

@@ -47,8 +47,6 @@ import json
 import logging
 import math
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -62,6 +60,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+sys.path.insert(0, str(REPO / "bench"))
+from pruning import command_line, machine  # noqa: E402 (the same header lines as bench/pruning.py's tables)
 
 STUDY_FILE = REPO / "studies" / "digits.toml"
 CIFAR_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-train.tar.xz"
@@ -78,24 +79,6 @@ ARMS: dict[str, dict] = {  # label -> the [pruner] table (pbt's population is se
     "asha-3x2": {"type": "asha", "min_resource": 3, "reduction_factor": 2},  # Li et al.'s / Syne Tune's
     "pbt": {"type": "pbt"},
 }
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{usable} CPU cores usable ({os.cpu_count()} online), {cpu}, no GPU used; "
-            f"Python {platform.python_version()}")
-
-
-def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
 def commit() -> str:
@@ -347,7 +330,7 @@ def main() -> None:
     budgets = {arm: (args.configs * args.epochs if arm == REFERENCE else budget) for arm in arms}
     print(command_line())
     print(f"date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; commit {commit()}")
-    print(f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} thread), "
+    print(f"machine: {machine()}, no GPU used; torch {torch.__version__} ({torch.get_num_threads()} thread), "
           f"optuna {optuna.__version__}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-schedulers-") as tmp:

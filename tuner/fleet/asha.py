@@ -19,14 +19,13 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.fleet.lineage import lineage_number
+from tuner.fleet.lineage import LINEAGE_ATTR, lineage_number
 from tuner.spec.config import StudyConfig
 from tuner.store.budget import CONTINUATION_ATTR
 
 PAUSED_ATTR = "paused_at_epoch"  # user attribute of a paused trial: the rung it reached
 CONTINUES_ATTR = CONTINUATION_ATTR  # user attribute of a promotion: the number of the paused trial it continues
 CONTINUED_AT_ATTR = "continued_at_epoch"  # user attribute of a promotion: the epoch it resumes after
-LINEAGE_ATTR = "lineage"  # user attribute of a promotion: the lineage (first trial) whose checkpoints it resumes
 
 
 def rungs(min_resource: int, reduction_factor: int, epochs: int) -> list[int]:

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner.store.budget import budget_lock, trial_counts
+from tuner.fleet.asha import CONTINUES_ATTR, PAUSED_ATTR
 from tuner.fleet.compute import budget_parts, spent, study_done
 from tuner.fleet.pbt import schedule
 from tuner.spec.config import StudyConfig, parse_config
@@ -280,8 +281,8 @@ def front_trials(storage: optuna.storages.RDBStorage, name: str) -> list[BestTri
 def _asha_counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     """ASHA and PBT: trials paused now (PRUNED at a rung or segment end, not yet continued), and continuations
     (trials that resumed a paused one: promotions, PBT segments)."""
-    promoted = [t.user_attrs["continues"] for t in trials if "continues" in t.user_attrs]
-    paused = sum(1 for t in trials if "paused_at_epoch" in t.user_attrs and t.state == TrialState.PRUNED
+    promoted = [t.user_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.user_attrs]
+    paused = sum(1 for t in trials if PAUSED_ATTR in t.user_attrs and t.state == TrialState.PRUNED
                  and t.number not in set(promoted))
     return {"paused": paused, "continued": len(promoted)} if paused or promoted else {}
 

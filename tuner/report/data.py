@@ -16,6 +16,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec.config import StudyConfig
+from tuner.fleet.asha import CONTINUED_AT_ATTR, CONTINUES_ATTR
+from tuner.fleet.pbt import EXPLOITED_MEMBER_ATTR, MEMBER_ATTR
 from tuner.fleet.study import stored_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -169,13 +171,13 @@ def own_epochs(trial: FrozenTrial) -> int:
 
 def _starts_a_config(t: FrozenTrial) -> bool:
     """False for an ASHA promotion: it continues a paused trial's configuration, counted with that trial."""
-    return "continues" not in t.user_attrs
+    return CONTINUES_ATTR not in t.user_attrs
 
 
 def _lineage_epochs(t: FrozenTrial) -> int:
     """The epochs a finished trial adds to its configuration: all of its curve, but for a promotion (or its
     retry) only those after the epoch it was promoted at (the paused trial counts the ones before)."""
-    promoted_at = t.user_attrs.get("continued_at_epoch") or 0
+    promoted_at = t.user_attrs.get(CONTINUED_AT_ATTR) or 0
     return sum(1 for step in t.intermediate_values if step > promoted_at)
 
 
@@ -275,10 +277,10 @@ def family_tree(trials: list[FrozenTrial]) -> list[Segment]:
     retries stand for them)."""
     out = []
     for t in trials:
-        if "pbt_member" not in t.user_attrs or t.state == TrialState.FAIL or not t.intermediate_values:
+        if MEMBER_ATTR not in t.user_attrs or t.state == TrialState.FAIL or not t.intermediate_values:
             continue
-        start = t.user_attrs.get("continued_at_epoch", 0)
+        start = t.user_attrs.get(CONTINUED_AT_ATTR, 0)
         end = max(t.intermediate_values)
-        out.append(Segment(t.number, int(t.user_attrs["pbt_member"]), start, end, t.intermediate_values[end],
-                           t.user_attrs.get("exploited_member")))
+        out.append(Segment(t.number, int(t.user_attrs[MEMBER_ATTR]), start, end, t.intermediate_values[end],
+                           t.user_attrs.get(EXPLOITED_MEMBER_ATTR)))
     return out
