@@ -279,3 +279,25 @@ def test_a_digits_export_predicts_digits_as_scikit_learn_gives_them_and_refuses_
     assert torch.equal(exported.predict(torch.from_numpy(stored)[:, None]), expected)  # a (N, C, H, W) tensor
     with pytest.raises(TypeError, match="uint8 pixels 0-255, got a float64 array"):
         exported.predict(digits.images / 16)  # scaled to 0-1: refused, not silently at chance
+
+
+def test_a_last_training_batch_of_one_image_joins_the_one_before_so_batch_norm_trains(cache):
+    """A batch size that leaves one image over failed the trial on a backbone at a small image size (its last
+    stages are 1x1: batch norm got one value per channel); the image now trains in the batch before."""
+    from tuner.engine.models import build_backbone
+    from tuner.engine.train import FitConfig, fit
+    from tuner.spec.space import HParams
+
+    task = parse_config({"study": {"name": "x"}, "task": {"dataset": "synthetic", "image_size": 8,
+                                                          "num_samples": 60, "num_classes": 3}}, "test").task
+    data = open_batches(task, CPU)
+    assert data.num_train % 2 == 1
+    batch = (data.num_train - 1) // 2  # two full batches and one image over
+    order = torch.randperm(data.num_train, generator=torch.Generator().manual_seed(0))
+    sizes = [len(y) for _, y in data.train(order, batch, torch.Generator().manual_seed(0))]
+    assert sizes == [batch, batch + 1] and sum(sizes) == data.num_train
+    torch.manual_seed(0)
+    hp = HParams(lr=0.01, width=8, depth=0, dropout=0.0, weight_decay=0.0, optimizer="adamw")
+    model = build_backbone("mobilenet_v3_small", "none", hp, data.image_shape, data.num_classes)  # 1x1 at the end
+    fit(model, data, FitConfig(epochs=1, batch_size=batch, lr=0.01, weight_decay=0.0, optimizer="adamw", seed=0),
+        lambda epoch, metrics, snapshot: None)

@@ -14,10 +14,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import checkpoint_dir, load, start_worker, study_file, tuner, tuner_env, wait_all
-from test_cli import assert_one_line_error, count_studies
+from conftest import (checkpoint_dir, count_studies, load, start_worker, study_file, tuner, tuner_env, wait_all,
+                      wait_for)
+from test_cli import assert_one_line_error
 from test_models import write_digit_folder
-from test_reliability import FAST_RECOVERY, assert_clean_logs, long_study, trials, wait_for
+from test_reliability import FAST_RECOVERY, assert_clean_logs, long_study, trials
 from tuner.spec.config import TaskSection, load_config
 from tuner.errors import TunerError
 from tuner.spec.preflight import check_task_paths
@@ -315,3 +316,53 @@ def test_removing_a_folder_outside_the_checkpoint_root_is_refused(tmp_path):
         StudyPlace(tmp_path / "root", ".").remove()
     assert (outside / "0").is_dir()
     assert StudyPlace(tmp_path / "root", "inside").remove() == 0  # inside the root: removed (here: nothing there)
+
+
+def test_extending_a_study_whose_compute_budget_is_spent_is_one_line_and_changes_nothing(sqlite_url, tmp_path,
+                                                                                          monkeypatch):
+    """More trials would never start once max_epochs (or max_gpu_hours) is spent: extend used to add a trial
+    budget anyway and say that running workers take the new trials."""
+    from optuna.distributions import FloatDistribution
+
+    from tuner.fleet.lifecycle import extend_study
+    from tuner.fleet.study import launch_study, stored_config
+    from tuner.store.storage import make_storage
+
+    monkeypatch.setenv("TUNER_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    storage = make_storage(sqlite_url)
+    launch_study(storage, load_config(study_file(tmp_path, "spent", n_trials=2, epochs=2, extra="max_epochs = 3",
+                                                 space="lr = { low = 1e-3, high = 1e-1, log = true }\n")))
+    study = optuna.load_study(study_name="spent", storage=storage)
+    lr = FloatDistribution(1e-3, 1e-1, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": lr}, value=0.9,
+                                              user_attrs={"epochs_trained": 2}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"lr": 0.02}, distributions={"lr": lr},
+                                              user_attrs={"epochs_trained": 1}))
+    with pytest.raises(TunerError, match=r"study 'spent' is complete \(max_epochs reached \(3 of 3 epochs trained\)\)"
+                                         ": more trials would not run"):
+        extend_study(storage, "spent", 4)
+    assert stored_config(storage, "spent").study.n_trials == 2
+    assert "tuner_history" not in study.user_attrs
+
+
+def test_enqueueing_into_a_full_population_says_so_instead_of_pointing_at_extend(sqlite_url, tmp_path, monkeypatch):
+    """PBT's configurations are its population and `tuner extend` refuses it: enqueue used to answer a full
+    population with "`tuner extend --study S --n-trials 3` first"."""
+    from optuna.distributions import FloatDistribution
+
+    from tuner.fleet.lifecycle import enqueue_params
+    from tuner.fleet.study import launch_study
+    from tuner.store.storage import make_storage
+
+    monkeypatch.setenv("TUNER_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    storage = make_storage(sqlite_url)
+    launch_study(storage, load_config(study_file(tmp_path, "pbt", n_trials=2, epochs=2,
+                                                 pruner='type = "pbt"\npopulation = 2\ninterval = 1',
+                                                 space="lr = { low = 1e-3, high = 1e-1, log = true }\n")))
+    assert enqueue_params(storage, "pbt", ["lr=0.01"]) == 0  # an empty place in the population: a first member
+    study = optuna.load_study(study_name="pbt", storage=storage)
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.02}, value=0.5,
+                                              distributions={"lr": FloatDistribution(1e-3, 1e-1, log=True)}))
+    with pytest.raises(TunerError, match=r"study 'pbt' has started every member of its population \(2\)") as caught:
+        enqueue_params(storage, "pbt", ["lr=0.03"])
+    assert "extend" not in str(caught.value)

@@ -227,3 +227,24 @@ def test_the_pareto_front_keeps_each_smallest_model_that_is_better_than_every_sm
     front = size_front(trials, maximize=True)
     assert [(p.param_count, p.value) for p in front] == [(500, 0.80), (1000, 0.90), (2000, 0.95), (8000, 0.97)]
     assert [(p.param_count, p.value) for p in size_front(trials, maximize=False)] == [(500, 0.80)]
+
+
+def test_the_budget_spent_counts_configurations_as_tuner_status_does(sqlite_url, tmp_path, monkeypatch):
+    """An ASHA promotion (or a PBT segment) continues a configuration and takes no slot of n_trials: the report
+    said "3/2 trials" where `tuner status` and the workers count "2/2 trials"."""
+    from tuner.fleet.study import launch_study, study_status
+    from tuner.report.data import take_snapshot
+    from tuner.spec.config import load_config
+    from tuner.store.storage import make_storage
+
+    monkeypatch.setenv("TUNER_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    path = study_file(tmp_path, "asha", n_trials=2, epochs=3, space=SPACE, pruner='type = "asha"\nmin_resource = 1')
+    storage = make_storage(sqlite_url)
+    launch_study(storage, load_config(path))
+    study = optuna.load_study(study_name="asha", storage=storage)
+    study.add_trial(_trial(0, TrialState.COMPLETE, [0.5, 0.6, 0.7]))
+    study.add_trial(_trial(1, TrialState.PRUNED, [0.4], paused_at_epoch=1))
+    study.add_trial(_trial(2, TrialState.COMPLETE, [0.4, 0.6, 0.8], continues=1, continued_at_epoch=1, lineage=1))
+    snapshot = take_snapshot(storage, "asha")
+    assert [text for _, text in snapshot.budget()] == ["2/2 trials"] == [study_status(storage, "asha").budget]
+    assert not snapshot.unfinished

@@ -341,3 +341,16 @@ def test_max_gpu_hours_ends_the_study_once_the_trials_device_time_reaches_it(pg_
     before_last = sum(t.user_attrs["train_seconds"] for t in trials[:-1])
     assert before_last < budget_h * 3600
     assert trials[-1].state == TrialState.COMPLETE or "epochs_run" in trials[-1].user_attrs
+
+
+def test_a_small_hours_budget_reads_the_same_when_it_ends_the_study_as_in_tuner_status():
+    """A budget of seconds said "max_gpu_hours reached (0.000 of 0.0002 device hours)"."""
+    from tuner.fleet.compute import Spent, budget_parts, exhausted
+    from tuner.spec.config import StudySection
+
+    study = StudySection(name="s", max_gpu_hours=0.0002)
+    used = Spent(epochs=3, seconds=0.9)
+    assert exhausted(study, used) == "max_gpu_hours reached (0.00025 of 0.0002 device hours)"
+    assert budget_parts(study, 2, used) == [(pytest.approx(1.25), "0.00025/0.0002 device h")]
+    assert exhausted(StudySection(name="s", max_gpu_hours=2.5), Spent(0, 9001.0)) == \
+        "max_gpu_hours reached (2.5 of 2.5 device hours)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import psutil
 import pytest
 import sqlalchemy
 
-from conftest import PASSWORD, REPO, study_file, tuner, tuner_env
+from conftest import PASSWORD, REPO, free_port, study_file, tuner, tuner_env
 
 
 def readme_sql(study: str, marker: str) -> str:
@@ -43,12 +42,6 @@ def test_the_readme_sql_returns_the_best_params_with_categoricals_decoded(databa
     assert params["optimizer"] == best["params"]["optimizer"]
     assert str(params["width"]) == str(best["params"]["width"])  # PostgreSQL gives text, SQLite an integer
     assert float(params["lr"]) == best["params"]["lr"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> str:
@@ -113,3 +106,40 @@ def test_toml_strings_keep_quotes_backslashes_and_control_characters():
 
     data = {"task": {"data_dir": 'C:\\data\\"x"\tä\x7f\x01', "odd key": [1, 2.5, True, "a"], "inline": {}}}
     assert tomllib.loads(dump_toml(data)) == data
+
+
+
+def test_equal_best_values_give_the_earliest_trial_in_tuner_best_status_the_report_and_the_readme_sql(pg_url,
+                                                                                                       tmp_path):
+    """Optuna's best_trial takes any of several equal best values, in the database's order (a matrix row on
+    PostgreSQL got trial 31 of many at 1.0): tuner best and status said that one where the report and the
+    README's SQL say the earliest. Here a storage that answers with the latest of equal bests stands for it."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from tuner.fleet.progress import ProgressWatch
+    from tuner.fleet.study import best_trial, study_status
+
+    class LatestOfEqualBests(optuna.storages.RDBStorage):
+        def _get_best_trial_id(self, study_id, direction):  # what Optuna's best_trial asks the database
+            best = self.get_trial(super()._get_best_trial_id(study_id, direction))
+            return max((t for t in self.get_all_trials(study_id, states=(TrialState.COMPLETE,))
+                        if t.value == best.value), key=lambda t: t.number)._trial_id
+
+    env = tuner_env(pg_url, tmp_path)
+    path = study_file(tmp_path, "tie", n_trials=3, space="lr = { low = 1e-3, high = 1e-1, log = true }\n")
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    storage = LatestOfEqualBests(pg_url)
+    study = optuna.load_study(study_name="tie", storage=storage)
+    for lr, value in ((0.01, 0.9), (0.02, 1.0), (0.03, 1.0)):
+        study.add_trial(create_trial(params={"lr": lr}, distributions={"lr": FloatDistribution(1e-3, 1e-1, log=True)},
+                                     value=value, intermediate_values={1: value}, user_attrs={"param_count": 100}))
+    assert study.best_trial.number == 2  # the storage's pick
+    with sqlalchemy.create_engine(pg_url).connect() as conn:
+        rows = conn.execute(sqlalchemy.text(readme_sql("tie", "sql:best"))).all()
+    assert tuner("report", "--study", "tie", "--out", str(tmp_path / "r.html"), env=env).returncode == 0
+    assert "trial #1:" in (tmp_path / "r.html").read_text()
+    assert {row.trial for row in rows} == {1}
+    assert best_trial(storage, "tie").number == study_status(storage, "tie").best_trial == 1
+    assert ProgressWatch(storage, "tie").snapshot().best_trial == 1
+    storage.engine.dispose()

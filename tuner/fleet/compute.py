@@ -59,7 +59,8 @@ def exhausted(study: StudySection, used: Spent) -> str:
     if study.max_epochs and used.epochs >= study.max_epochs:
         return f"max_epochs reached ({used.epochs} of {study.max_epochs} epochs trained)"
     if study.max_gpu_hours and used.hours >= study.max_gpu_hours:
-        return f"max_gpu_hours reached ({used.hours:.3f} of {study.max_gpu_hours:g} device hours)"
+        # 3 significant digits, as `tuner status` shows them: a budget of minutes is not "0.000 of 0.0002"
+        return f"max_gpu_hours reached ({used.hours:.3g} of {study.max_gpu_hours:g} device hours)"
     return ""
 
 

@@ -75,6 +75,10 @@ def extend_study(storage: optuna.storages.RDBStorage, name: str, n_trials: int) 
         if config.pruner.get("type") == "pbt":
             raise TunerError(f"study {name!r} is population-based training: its configurations are its population "
                              f"({config.pruner['population']}); launch a new study for a larger one")
+        why = exhausted(config.study, spent(storage, study_id)) if config.study.compute_budget else ""
+        if why:  # more trials would never start (and "workers take the new trials" would be untrue)
+            raise TunerError(f"study {name!r} is complete ({why}): more trials would not run; its compute "
+                             "budget is fixed at launch: launch a new study (--name) to train more")
         counts = trial_counts(storage, study_id)
         if n_trials < counts.committed:
             busy = counts.committed - counts.finished
@@ -131,6 +135,9 @@ def enqueue_params(storage: optuna.storages.RDBStorage, name: str, pairs: list[s
         config = current_config(storage, study_id, config)
         counts = trial_counts(storage, study_id)
         n_trials = config.study.n_trials
+        if n_trials and counts.committed >= n_trials and config.pruner.get("type") == "pbt":  # extend refuses it
+            raise TunerError(f"study {name!r} has started every member of its population ({n_trials}): a queued "
+                             "config only starts a member (population-based training); launch a new study for more")
         if n_trials and counts.committed >= n_trials:
             raise TunerError(f"study {name!r} has no trial left in its budget ({counts.finished} finished, "
                              f"{counts['RUNNING']} running, {counts['WAITING']} queued of n_trials = {n_trials}): "

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from tuner.store.budget import trial_counts
 from tuner.fleet.compute import budget_parts, spent
-from tuner.fleet.study import stored_config
+from tuner.fleet.study import best_of, stored_config
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ class ProgressWatch:
         running = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
         best_value = best_trial = None
         if counts.get("COMPLETE") and not self.config.study.multi_objective:  # several objectives: no single best
-            best = optuna.load_study(study_name=self.name, storage=self.storage)
             try:
-                best_value, best_trial = best.best_value, best.best_trial.number
+                found = best_of(self.storage, self.name)
+                best_value, best_trial = found.value, found.number
             except ValueError:  # with max_params: no feasible trial has completed yet
                 pass
         elapsed = time.monotonic() - self._started

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
-from tuner.store.budget import budget_lock, trial_counts
+from tuner.store.budget import budget_lock, connection, trial_counts
 from tuner.fleet.asha import CONTINUES_ATTR, PAUSED_ATTR
 from tuner.fleet.compute import budget_parts, spent, study_done
 from tuner.fleet.pbt import schedule
@@ -235,9 +236,29 @@ def best_frozen_trial(storage: optuna.storages.RDBStorage, name: str) -> optuna.
         raise TunerError(f"study {name!r} has several objectives: no single best trial; `tuner best --study {name}` "
                          "prints its Pareto front; `tuner export --trial N` exports one of them")
     try:
-        return study.best_trial
+        return best_of(storage, name)
     except ValueError:
         raise TunerError(f"study {name!r} has no completed trial yet") from None
+
+
+_EARLIEST_EQUAL = sqlalchemy.text(
+    "SELECT min(t.number) FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+    "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.objective = 0 AND v.value = :value")
+
+
+def best_of(storage: optuna.storages.RDBStorage, name: str) -> optuna.trial.FrozenTrial:
+    """A single-objective study's best feasible COMPLETE trial, the earliest of equal bests: what `tuner best`,
+    `tuner status`, the report and the README's SQL all pick (Optuna's own best_trial takes any of the equal ones,
+    in the database's order). One indexed query more than Optuna's; ValueError if there is none."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    best = study.best_trial
+    study_id = storage.get_study_id_from_name(name)
+    with connection(storage) as conn:
+        number = conn.execute(_EARLIEST_EQUAL, {"sid": study_id, "value": best.value}).scalar()
+    if number is None or number == best.number:
+        return best
+    earliest = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    return earliest if all(c <= 0 for c in earliest.constraints.values()) else best
 
 
 def complete_trial(storage: optuna.storages.RDBStorage, name: str, number: int) -> optuna.trial.FrozenTrial:
@@ -297,12 +318,12 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
     counts.update(_asha_counts(trials))
     best = front = best_number = None
     if counts.get("COMPLETE"):
-        study = optuna.load_study(study_name=name, storage=storage)
         if config.study.multi_objective:
-            front = len(study.best_trials)
+            front = len(optuna.load_study(study_name=name, storage=storage).best_trials)
         else:
             try:
-                best, best_number = study.best_value, study.best_trial.number
+                found = best_of(storage, name)
+                best, best_number = found.value, found.number
             except ValueError:  # with max_params: no feasible trial has completed yet
                 pass
     used = spent(storage, study_id) if config.study.compute_budget else None

@@ -96,7 +96,10 @@ class ReportSnapshot:
 
         used = Spent(sum(t.user_attrs.get(EPOCHS_ATTR, 0) for t in self.trials),
                      sum(t.user_attrs.get(SECONDS_ATTR, 0.0) for t in self.trials))
-        return budget_parts(self.config.study, len(self.finished), used)
+        # n_trials counts configurations, as the workers and `tuner status` do (tuner.store.budget): an ASHA
+        # promotion or a PBT segment continues one and takes no slot
+        configs = sum(_starts_a_config(t) for t in self.finished)
+        return budget_parts(self.config.study, configs, used)
 
     @property
     def unfinished(self) -> bool:
