@@ -316,6 +316,28 @@ def pgbouncer_binary() -> str:
     return found
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll `predicate` until it returns something (a trial number 0 counts; None, False and [] do not);
+    return that, or fail the test after `timeout` seconds saying what it waited for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result is not None and result is not False and result != []:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def count_studies(url: str) -> int:
+    """Studies in the database at `url` (0 where Optuna's tables were never created: nothing was stored)."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        tables = sqlalchemy.inspect(conn).get_table_names()
+        n = conn.execute(sqlalchemy.text("SELECT count(*) FROM studies")).scalar() if "studies" in tables else 0
+    engine.dispose()
+    return n
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from conftest import PASSWORD, REPO, study_file, tuner, tuner_env
+from conftest import PASSWORD, REPO, count_studies, study_file, tuner, tuner_env
 
 
 def assert_one_line_error(result, *needles: str) -> None:
@@ -23,10 +23,6 @@ def assert_one_line_error(result, *needles: str) -> None:
     assert PASSWORD not in result.stderr + result.stdout
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-def count_studies(url: str) -> int:
-    return len(optuna.storages.RDBStorage(url).get_all_studies())
 
 
 def test_launch_study_stores_the_config_and_prints_the_worker_command(pg_url, tmp_path):

@@ -9,17 +9,10 @@ import time
 import sqlalchemy
 from optuna.trial import TrialState
 
-from conftest import load, start_worker, study_file, study_id_of, tuner, tuner_env, wait_all
+from conftest import load, start_worker, study_file, study_id_of, tuner, tuner_env, wait_all, wait_for
 from tuner.store.storage import MAX_OVERFLOW, POOL_SIZE
 
 FAST = "heartbeat_interval = 1\ngrace_period = 8\nreaper_period = 1"
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.2)
 
 
 def connections_by_process(engine) -> dict[int, int]:

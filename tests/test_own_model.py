@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 import torch
-from conftest import REPO, load, study_file, tuner, tuner_env
+from conftest import REPO, count_studies, load, study_file, tuner, tuner_env
 from optuna.trial import TrialState
 
 EXAMPLE = REPO / "examples" / "own_model"
@@ -18,15 +17,6 @@ EXAMPLE = REPO / "examples" / "own_model"
 
 def with_path(env: dict[str, str], *folders: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join([*map(str, folders), env.get("PYTHONPATH", "")])}
-
-
-def count_studies(url: str) -> int:
-    engine = sqlalchemy.create_engine(url)
-    with engine.connect() as conn:
-        tables = sqlalchemy.inspect(conn).get_table_names()
-        n = conn.execute(sqlalchemy.text("SELECT count(*) FROM studies")).scalar() if "studies" in tables else 0
-    engine.dispose()
-    return n
 
 
 def test_the_example_model_and_dataset_of_your_own_run_a_study_end_to_end(pg_url, tmp_path):

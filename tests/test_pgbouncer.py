@@ -21,10 +21,10 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from conftest import (PASSWORD, create_database, free_port, pgbouncer, restart_postgres, start_worker, study_file,
-                      tuner, tuner_env, wait_all)
+from conftest import (PASSWORD, BudgetLockHold, create_database, free_port, pgbouncer, restart_postgres,
+                      start_worker, study_file, tuner, tuner_env, wait_all, wait_for)
 from test_reliability import (LONG_TRIAL, RELAXED_RECOVERY, assert_clean_logs, epoch_reached, logged_epochs,
-                              retries_of, state_of, trials, wait_for)
+                              retries_of, state_of, trials)
 
 # Parameters PgBouncer itself keeps in step between a client and the server connection it lends (it SETs them
 # when they differ): not state a client left behind.
@@ -72,10 +72,19 @@ def test_eight_workers_behind_pgbouncer_finish_exactly_the_budget_even_when_stop
         def finished() -> int:
             return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials(url, "eight"))
 
+        # The stop must land mid-study, on every worker, on any machine (as in test_reliability's twin): the
+        # budget lock (in the database behind the pooler) lines all eight up, so each has its signal handlers
+        # installed before SIGTERM; held again after they got their first trials, it keeps any worker from
+        # starting a second one, so at most eight of the twelve trials have started when SIGTERM arrives.
+        hold = BudgetLockHold(pg_url, "eight")
         first = [start_worker("eight", env, tmp_path / f"a{i}.log") for i in range(8)]
-        wait_for(lambda: finished() >= 4, 300, "4 finished trials", interval=0.5)
+        hold.wait_for_waiters(8, timeout=300)
+        hold.release()
+        hold = BudgetLockHold(pg_url, "eight")
+        wait_for(lambda: finished() >= 1, 300, "a finished trial", interval=0.2)
         for p in first:
             p.send_signal(signal.SIGTERM)
+        hold.release()  # interrupted trials take the lock to fail and queue their retries, then their workers exit
         codes = wait_all(first, timeout=120)
         assert all(code in (0, 128 + signal.SIGTERM) for code in codes), codes
         assert finished() < 12

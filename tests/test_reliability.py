@@ -18,7 +18,8 @@ import pgserver
 import sqlalchemy
 from optuna.trial import TrialState
 
-from conftest import PASSWORD, BudgetLockHold, load, start_worker, study_file, tuner, tuner_env, wait_all
+from conftest import (PASSWORD, BudgetLockHold, load, start_worker, study_file, tuner, tuner_env, wait_all,
+                      wait_for)
 from conftest import restart_postgres as _restart_postgres
 
 FAST_RECOVERY = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
@@ -32,16 +33,6 @@ LONG_TRIAL = "lr = 0.01\nwidth = 96\ndepth = 3\n"
 def long_study(tmp_path: Path, name: str, *, n_trials: int, epochs: int, extra: str = "") -> Path:
     return study_file(tmp_path, name, n_trials=n_trials, epochs=epochs, space=LONG_TRIAL, worker=FAST_RECOVERY,
                       pruner='type = "none"', extra=extra)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result is not None and result is not False and result != []:  # trial number 0 counts
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def epoch_reached(log: Path, epoch: int) -> int | None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import psutil
 from optuna.trial import TrialState
 
-from conftest import load, study_file, tuner, tuner_env
+from conftest import load, study_file, tuner, tuner_env, wait_for
 
 RELAXED_RECOVERY = "heartbeat_interval = 2\ngrace_period = 30\nreaper_period = 2"
 # Fixed params, ~0.3-1 s per epoch on one CPU thread: two slots' trials overlap for seconds.
@@ -26,15 +25,6 @@ STEADY_TRIAL = "lr = 0.01\nwidth = 96\ndepth = 3\n"
 def start_slots(study: str, env: dict[str, str], log: Path, slots: int = 2) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tuner", "worker", "--study", study, "--cpu", "--slots",
                              str(slots)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def launch_steady(pg_url: str, tmp_path: Path, name: str, *, n_trials: int, epochs: int,
