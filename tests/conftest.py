@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import os
 import pwd
 import re
@@ -34,6 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 _DATA_CACHE = tempfile.TemporaryDirectory(prefix="tuner-test-data-")
 os.environ["TUNER_DATA_CACHE"] = _DATA_CACHE.name
 PASSWORD = "pw-" + uuid.uuid4().hex  # a real secret: the server checks it (scram-sha-256)
+
+# TUNER_TEST_SPEEDUP=10: every process of the run (this one, and the workers, which copy os.environ) trains on a
+# tenth of the digits, to show which tests hope for a slow machine (tests/speedup/sitecustomize.py says more).
+if int(os.environ.get("TUNER_TEST_SPEEDUP", "1") or 1) > 1:
+    _SPEEDUP = str(REPO / "tests" / "speedup")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SPEEDUP, os.environ.get("PYTHONPATH", "")) if p)
+    sys.path.insert(0, _SPEEDUP)
+    importlib.import_module("sitecustomize")  # this process started before PYTHONPATH named it
 
 
 # The suite runs in parallel (pytest-xdist, see pyproject.toml), so its wall time is at least its longest test's:

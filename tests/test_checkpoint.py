@@ -24,11 +24,11 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_then_to_none(tmp
 
 
 def test_a_retry_with_a_corrupt_newest_checkpoint_resumes_from_the_previous_and_completes(pg_url, tmp_path):
-    path = study_file(tmp_path, "corrupt", n_trials=1, epochs=8, space=LONG_TRIAL, worker=FAST_RECOVERY,
+    path = study_file(tmp_path, "corrupt", n_trials=1, epochs=30, space=LONG_TRIAL, worker=FAST_RECOVERY,
                       pruner='type = "none"')
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
-    victim, _ = interrupt_at_epoch("corrupt", env, tmp_path / "w.log", 3)
+    victim, _, _ = interrupt_at_epoch("corrupt", env, tmp_path / "w.log", 3)
     newest = sorted((checkpoint_dir(pg_url, "corrupt") / str(victim)).glob("epoch-*.pt"))[-1]
     newest_epoch = int(newest.stem.split("-")[1])
     newest.write_bytes(b"\0" * 100)
@@ -38,5 +38,5 @@ def test_a_retry_with_a_corrupt_newest_checkpoint_resumes_from_the_previous_and_
     (retry,) = retries_of(pg_url, "corrupt", victim)
     assert retry.state == TrialState.COMPLETE
     assert retry.user_attrs["resumed_from_epoch"] == newest_epoch - 1
-    assert sorted(retry.intermediate_values) == list(range(1, 9))
+    assert sorted(retry.intermediate_values) == list(range(1, 31))
     assert [t.state for t in trials(pg_url, "corrupt")].count(TrialState.COMPLETE) == 1

@@ -153,3 +153,13 @@ def test_studies_are_readable_by_plain_optuna(pg_url, tmp_path):
     engine = sqlalchemy.create_engine(pg_url)
     with engine.connect() as conn:
         assert conn.execute(sqlalchemy.text("SELECT count(*) FROM trials")).scalar() == 3
+
+
+def test_run_whose_every_trial_is_pruned_says_so_in_one_line_and_exits_1(pg_url, tmp_path):
+    # max_params far below the smallest model: every trial is infeasible, PRUNED before it trains
+    path = study_file(tmp_path, "all-pruned", n_trials=3, epochs=1, extra="max_params = 10")
+    result = tuner("run", str(path), "--workers", "1", "--cpu", env=tuner_env(pg_url, tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "finished in" in result.stdout and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # piped, the workers' log comes first on stderr
+    assert last.startswith("error: study 'all-pruned' ended with no COMPLETE trial (3 pruned, 0 failed)"), last

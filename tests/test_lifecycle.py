@@ -225,7 +225,8 @@ def test_a_study_with_no_finished_trial_takes_a_changed_config(pg_url, tmp_path)
 
     # a relative data_dir is where the user launches from, stored absolute (workers may run elsewhere)
     a, b = tmp_path / "a", tmp_path / "b"
-    assert_one_line_error(launch_with("a"), f"task.data_dir: '{a}' is not a directory on this host", "--no-check")
+    assert_one_line_error(launch_with("a"), f"study file {tmp_path / 'moved.toml'}: task.data_dir: '{a}' is not a "
+                          "directory on this host", "--no-check")
     assert count_studies(pg_url) == 0  # checked before anything is stored
     assert launch_with("a", "--no-check").returncode == 0
     replaced = launch_with("b", "--no-check")

@@ -48,3 +48,15 @@ def setup_logging(verbose: bool = False) -> None:
     # tuner uses heartbeats, fail_stale_trials and the retry callback on purpose, with ask/tell.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def check_paths_of(file: str, config) -> None:
+    """The launching host's look at the data, weights and plug-ins a study file names, its one line naming
+    the file (a user with several study files open must know which one to fix)."""
+    from tuner.errors import TunerError
+    from tuner.spec.preflight import check_task_paths
+
+    try:
+        check_task_paths(config.task)
+    except TunerError as exc:
+        raise TunerError(f"study file {file}: {exc}") from None

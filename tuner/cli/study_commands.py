@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from tuner.cli.common import StorageOpt, err, open_storage, out, setup_logging
+from tuner.cli.common import StorageOpt, check_paths_of, err, open_storage, out, setup_logging
 from tuner.errors import TunerError
 
 
@@ -27,7 +27,9 @@ def launch_study_cmd(
 
     config = load_config(file, name=name)  # validate before touching the database
     url = resolve_storage_url(storage)
-    result = launch_study(open_storage(url), config, check_paths=not no_check)
+    if not no_check:
+        check_paths_of(file, config)
+    result = launch_study(open_storage(url), config, check_paths=False)
     if result.replaced:
         out.print(f"replaced the config of study {result.name!r} (no trial had finished): "
                   f"{result.replaced}", markup=False, highlight=False, soft_wrap=True)
@@ -156,6 +158,7 @@ def run(
     if slots < 1:
         raise TunerError(f"--slots must be >= 1, got {slots}")
     config = load_config(file, name=name)
+    check_paths_of(file, config)  # here, to name the file; the launch in run_local looks again (cheap)
     url = resolve_storage_url(storage)
     st = open_storage(url)
     # A live view and worker log lines would overwrite each other: on a terminal the log goes to a file.
@@ -222,11 +225,24 @@ def _print_run_result(st, config, result, log_path, cpu: bool) -> None:
             ui.print_tail(err, log_path)
         raise TunerError(f"workers exited with codes {result.codes}; see {log_path or 'their log above'}")
     out.print(f"finished in {result.elapsed_s:.0f} s")
+    _refuse_without_a_result(st, study)
     if config.study.multi_objective:
         ui.print_front(out, config, front_trials(st, study))
         return
     _score_best_on_test(st, study, cpu)
     ui.print_best(out, best_trial(st, study))
+
+
+def _refuse_without_a_result(st, study: str) -> None:
+    """A spent budget with no COMPLETE trial (every one pruned, infeasible or failed) is one line and exit 1:
+    the run was asked for the best params and has none to give."""
+    from collections import Counter
+
+    states = Counter(t.state.name for t in st.get_all_trials(st.get_study_id_from_name(study), deepcopy=False))
+    if states["COMPLETE"] == 0:
+        raise TunerError(f"study {study!r} ended with no COMPLETE trial ({states['PRUNED']} pruned, "
+                         f"{states['FAIL']} failed): the pruner, max_params or the objective stopped every one; "
+                         f"see `tuner status --study {study}`")
 
 
 def _score_best_on_test(st, study: str, cpu: bool) -> None:
