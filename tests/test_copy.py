@@ -182,6 +182,9 @@ def test_each_refusal_is_one_line_and_writes_nothing(pg_url, tmp_path):
     refused = tuner("copy", "--study", "r", "--to", pg_url, env=env)
     one_line_error(refused, "1 RUNNING trials (#0)", "--force")
     assert count_studies(pg_url) == 0
+    new_file = tmp_path / "new.db"  # a refusal opens no target: no SQLite file is created
+    one_line_error(tuner("copy", "--study", "r", "--to", f"sqlite:///{new_file}", env=env), "RUNNING")
+    assert not new_file.exists()
 
     forced = tuner("copy", "--study", "r", "--to", pg_url, "--force", env=env)
     assert forced.returncode == 0, forced.stderr

@@ -86,12 +86,11 @@ def copy(
     its own, hard links to the original's files (none where that folder is on another host: it says what to
     copy there), so deleting either study never removes the other's checkpoints. Refused with one line, nothing
     written: a name that exists there, the same database and name, or RUNNING trials (unless --force)."""
-    from tuner.cli.common import open_storage
     from tuner.fleet.copy import copy_study, link_command
     from tuner.store.place import human_bytes
+    from tuner.store.urls import resolve_storage_url
 
-    source = existing_storage(from_url)
-    r = copy_study(source, open_storage(to_url), study, as_name, force=force)
+    r = copy_study(existing_storage(from_url), resolve_storage_url(to_url), study, as_name, force=force)
     states = ", ".join(f"{n} {s}" for s, n in r.states.items())
     named = f" as {r.name!r}" if r.name != r.source else ""
     out.print(f"copied study {r.source!r} to {r.to_url}{named}: {r.trials} trials ({states or 'none'}), "

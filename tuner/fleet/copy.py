@@ -29,7 +29,8 @@ from tuner.errors import TunerError
 from tuner.fleet.study import CONFIG_ATTR, append_history, label_for_dashboard, stored_config
 from tuner.spec.config import parse_config
 from tuner.store.place import ROOT_ATTR, UUID_ATTR, StudyPlace, link_tree, study_place
-from tuner.store.urls import shown_url
+from tuner.store.storage import make_storage
+from tuner.store.urls import normalise_url, shown_url
 
 COPIED_RUNNING = "copied while running"  # fail_reason of a trial that was RUNNING in the original (--force)
 
@@ -51,22 +52,21 @@ class CopyResult:
         return sum(self.states.values())
 
 
-def _same_database(a: optuna.storages.RDBStorage, b: optuna.storages.RDBStorage) -> bool:
-    return shown_url(a.url) == shown_url(b.url)  # a SQLite path made absolute; a server URL without its password
-
-
-def _check(source: optuna.storages.RDBStorage, target: optuna.storages.RDBStorage, name: str, new: str) -> None:
-    """The refusals that need no snapshot: one line each, before anything is written."""
-    if new == name and _same_database(source, target):
+def _refuse_same(source: optuna.storages.RDBStorage, to_url: str, name: str, new: str) -> None:
+    # shown_url: a SQLite path made absolute, a server URL without its password
+    if new == name and shown_url(source.url) == shown_url(normalise_url(to_url)):
         raise TunerError(f"--from and --to are the same database and the copy would be named {name!r} too: "
                          "nothing to copy; --as NEW makes a copy beside it")
-    stored_config(source, name)  # a missing study, or one tuner did not launch, is one line here
+
+
+def _create(target: optuna.storages.RDBStorage, new: str, directions: list) -> int:
+    """The copy's study (its id); a name that exists there is refused, and nothing is written."""
+    exists = (f"study {new!r} already exists in {shown_url(target.url)}: nothing copied; name the copy with --as "
+              f"NEW, or delete that one first (tuner delete --study {new})")
     try:
-        target.get_study_id_from_name(new)
-    except KeyError:
-        return
-    raise TunerError(f"study {new!r} already exists in {shown_url(target.url)}: nothing copied; name the copy with "
-                     f"--as NEW, or delete that one first (tuner delete --study {new})")
+        return target.create_new_study(directions, study_name=new)
+    except optuna.exceptions.DuplicatedStudyError:  # never undone below: it is someone else's study
+        raise TunerError(exists) from None
 
 
 def _templates(trials: list[FrozenTrial], name: str, force: bool) -> tuple[list[FrozenTrial], int]:
@@ -90,44 +90,41 @@ def _templates(trials: list[FrozenTrial], name: str, force: bool) -> tuple[list[
     return out, len(running)
 
 
-def _write_copy(source: optuna.storages.RDBStorage, target: optuna.storages.RDBStorage, name: str, new: str,
-                trials: list[FrozenTrial], identity: dict[str, str]) -> int:
-    """Optuna's copy_study in tuner's order (module docstring); returns the study attributes copied."""
-    source_id = source.get_study_id_from_name(name)
-    user = source.get_study_user_attrs(source_id)
-    system = source.get_study_system_attrs(source_id)
-    study = optuna.create_study(study_name=new, storage=target, directions=source.get_study_directions(source_id))
+def _write_copy(target: optuna.storages.RDBStorage, study_id: int, user: dict, system: dict,
+                trials: list[FrozenTrial]) -> None:
+    """Optuna's copy_study in tuner's order (module docstring), the config left for last."""
     for key, value in system.items():  # metric names, the dashboard's note, the workers' ordinal counter
-        target.set_study_system_attr(study._study_id, key, value)
-    for key, value in {**user, **identity}.items():
+        target.set_study_system_attr(study_id, key, value)
+    for key, value in user.items():
         if key != CONFIG_ATTR:
-            target.set_study_user_attr(study._study_id, key, value)
+            target.set_study_user_attr(study_id, key, value)
     for trial in trials:  # in number order: create_new_trial numbers them 0, 1, ... again
-        target.create_new_trial(study._study_id, template_trial=trial)
-    return len(user) + len(system)
+        target.create_new_trial(study_id, template_trial=trial)
 
 
-def copy_study(source: optuna.storages.RDBStorage, target: optuna.storages.RDBStorage, name: str,
-               new_name: str | None = None, *, force: bool = False) -> CopyResult:
-    """Copy study `name` from `source` to `target` (as `new_name`): trials, params, intermediate values, user and
-    system attributes, tuner's config, note and history (with a "copy" entry); the checkpoints as links in a
-    folder of the copy's own. Refused with one line, nothing written: a missing study, an existing target name,
+def copy_study(source: optuna.storages.RDBStorage, to_url: str, name: str, new_name: str | None = None, *,
+               force: bool = False) -> CopyResult:
+    """Copy study `name` from `source` to the database at `to_url` (as `new_name`): trials, params, intermediate
+    values, user and system attributes, tuner's config, note and history (with a "copy" entry); the checkpoints
+    as links in a folder of the copy's own. Refused with one line, nothing written (the target is opened only
+    once the original passed, so a refusal creates no SQLite file): a missing study, an existing target name,
     the same database and name, RUNNING trials (unless force: copied as FAIL)."""
     new = name if new_name is None else new_name
-    _check(source, target, name, new)
-    config = stored_config(source, name)
+    _refuse_same(source, to_url, name, new)
+    config = stored_config(source, name)  # a missing study, or one tuner did not launch, is one line here
     if new != name:  # checked like a study file's name; the stored config and the note carry the new one
         config = parse_config(config.to_dict(), "tuner copy --as", name=new)
     source_id = source.get_study_id_from_name(name)
+    user, system = source.get_study_user_attrs(source_id), source.get_study_system_attrs(source_id)
     trials, failed = _templates(source.get_all_trials(source_id), name, force)  # one snapshot, checked and copied
-    attrs = source.get_study_user_attrs(source_id)
-    source_place = study_place(attrs, name)
+    source_place = study_place(user, name)
     place = StudyPlace(source_place.root, uuid.uuid4().hex)
-    identity = {UUID_ATTR: place.key, ROOT_ATTR: attrs.get(ROOT_ATTR) or str(source_place.root)}
+    identity = {UUID_ATTR: place.key, ROOT_ATTR: user.get(ROOT_ATTR) or str(source_place.root)}
+    target = make_storage(to_url)
+    study_id = _create(target, new, source.get_study_directions(source_id))
     try:
-        n_attrs = _write_copy(source, target, name, new, trials, identity)
+        _write_copy(target, study_id, {**user, **identity}, system, trials)
         linked = link_tree(source_place.path, place.path) if source_place.path.is_dir() else None
-        study_id = target.get_study_id_from_name(new)
         append_history(target, study_id, "copy", from_study=name, from_storage=shown_url(source.url),
                        from_uuid=source_place.key, trials=len(trials), failed_running=failed)
         target.set_study_user_attr(study_id, CONFIG_ATTR, config.to_dict())  # last: now workers may serve it
@@ -136,9 +133,11 @@ def copy_study(source: optuna.storages.RDBStorage, target: optuna.storages.RDBSt
         raise
     if new != name:
         label_for_dashboard(optuna.load_study(study_name=new, storage=target), config)
+    target.engine.dispose()
     states = {s: n for s in ("COMPLETE", "PRUNED", "FAIL", "WAITING")
               if (n := sum(t.state.name == s for t in trials))}
-    return CopyResult(new, name, shown_url(target.url), states, n_attrs, failed, source_place, place, linked)
+    return CopyResult(new, name, shown_url(target.url), states, len(user) + len(system), failed, source_place,
+                      place, linked)
 
 
 def _undo(target: optuna.storages.RDBStorage, new: str, place: StudyPlace) -> None:
