@@ -51,6 +51,7 @@ app.command()(result_commands.export)
 app.command()(lifecycle_commands.extend)
 app.command()(lifecycle_commands.enqueue)
 app.command()(lifecycle_commands.delete)
+app.command()(lifecycle_commands.copy)
 app.command()(result_commands.dashboard)
 app.command()(result_commands.report)
 

@@ -1,4 +1,4 @@
-"""Commands that change a launched study: extend, enqueue, delete."""
+"""Commands that change a launched study: extend, enqueue, delete; copy one to another database."""
 
 from __future__ import annotations
 
@@ -65,3 +65,47 @@ def delete(
     done = delete_study(st, study)
     out.print(f"deleted study {study!r}: {done.trials} trials, {human_bytes(done.checkpoint_bytes)} of "
               f"checkpoints freed ({done.place.path})", markup=False, highlight=False, soft_wrap=True)
+
+
+def copy(
+    study: str = typer.Option(..., "--study", help="Name of the study to copy."),
+    from_url: Optional[str] = typer.Option(None, "--from", show_default=False,
+                                           help="Database the study is in. Default: the storage as every command "
+                                                "finds it ($TUNER_STORAGE, $TUNER_STORAGE_FILE, sqlite:///tuner.db)."),
+    to_url: Optional[str] = typer.Option(None, "--to", show_default=False,
+                                         help="Database to copy it into (a SQLite file is created). Default: the "
+                                              "storage as every command finds it, so a password can stay in the "
+                                              "environment on either side."),
+    as_name: Optional[str] = typer.Option(None, "--as", help="Name of the copy. Default: the same name."),
+    force: bool = typer.Option(False, "--force",
+                               help="Copy a study whose workers are still running: their RUNNING trials become FAIL "
+                                    "in the copy (fail_reason 'copied while running')."),
+) -> None:
+    """Copy a study to another database (SQLite <-> PostgreSQL) or beside itself (--as): every trial with its
+    params, values, curve and attributes, tuner's config, note and history. The copy gets a checkpoint folder of
+    its own, hard links to the original's files (none where that folder is on another host: it says what to
+    copy there), so deleting either study never removes the other's checkpoints. Refused with one line, nothing
+    written: a name that exists there, the same database and name, or RUNNING trials (unless --force)."""
+    from tuner.fleet.copy import copy_study, link_command
+    from tuner.store.place import human_bytes
+    from tuner.store.urls import resolve_storage_url
+
+    r = copy_study(existing_storage(from_url), resolve_storage_url(to_url), study, as_name, force=force)
+    states = ", ".join(f"{n} {s}" for s, n in r.states.items())
+    named = f" as {r.name!r}" if r.name != r.source else ""
+    out.print(f"copied study {r.source!r} to {r.to_url}{named}: {r.trials} trials ({states or 'none'}), "
+              f"{r.study_attrs} study attributes (config, note, history, metric names)",
+              markup=False, highlight=False, soft_wrap=True)
+    if r.failed_running:
+        out.print(f"{r.failed_running} trials RUNNING in the original are FAIL in the copy (fail_reason "
+                  f"'copied while running')", markup=False, highlight=False, soft_wrap=True)
+    if r.linked is None:
+        out.print(f"checkpoints: {r.source_place.path} is not on this host; the copy's are to be in "
+                  f"{r.place.path}: on the host that has them run `{link_command(r)}`",
+                  markup=False, highlight=False, soft_wrap=True)
+    else:
+        files, size, links = r.linked
+        how = "hard-linked" if links else "copied (this filesystem has no hard links)"
+        out.print(f"checkpoints: {files} files ({human_bytes(size)}) {how} from {r.source_place.path} into the "
+                  f"copy's own folder {r.place.path}: deleting either study leaves the other's",
+                  markup=False, highlight=False, soft_wrap=True)

@@ -101,6 +101,35 @@ def remove_tree(path: Path, inside: Path | None = None) -> int:
     return before - tree_size(path)
 
 
+def link_tree(source: Path, target: Path) -> tuple[int, int, bool]:
+    """Give `target` the files under `source` as hard links (copies where the filesystem refuses a link):
+    no extra disk, and deleting either folder leaves the other's files whole. Safe because a checkpoint is
+    never written in place (save_atomic, PBT's exploit: a new file renamed over the old name). Returns
+    (files, bytes, whether every file is a link). Temporary files of writes in progress are skipped, and
+    files removed meanwhile (a worker's retention sweep) too."""
+    files = size = 0
+    all_links = True
+    for folder, _, names in os.walk(source):
+        into = target / Path(folder).relative_to(source)
+        into.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if name.startswith(".tmp-"):
+                continue
+            src, dst = Path(folder) / name, into / name
+            try:
+                try:
+                    os.link(src, dst)
+                except OSError as exc:
+                    if isinstance(exc, FileNotFoundError):
+                        raise
+                    shutil.copy2(src, dst)  # another filesystem, or one without hard links
+                    all_links = False
+                files, size = files + 1, size + dst.stat().st_size
+            except FileNotFoundError:
+                continue
+    return files, size, all_links
+
+
 def human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'."""
     size = float(n)
