@@ -58,6 +58,7 @@ LONGEST_FIRST = (
     "test_a_finished_sqlite_study_gets_its_report",
     "test_a_retry_with_a_corrupt_newest_checkpoint_resumes_from_the_previous_and_completes",
     "test_extending_a_finished_study_lets_three_workers_finish_exactly_the_new_total",
+    "test_a_40_trial_study_copied_sqlite_to_postgresql_and_back_reads_the_same_everywhere",
 )
 
 

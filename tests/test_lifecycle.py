@@ -367,3 +367,15 @@ def test_enqueueing_into_a_full_population_says_so_instead_of_pointing_at_extend
     with pytest.raises(TunerError, match=r"study 'pbt' has started every member of its population \(2\)") as caught:
         enqueue_params(storage, "pbt", ["lr=0.03"])
     assert "extend" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["a/b", "a\\b", ".."])
+def test_a_path_like_name_stored_before_the_check_stays_readable(name):
+    """Studies stored before names were checked must still load (so `tuner delete` can remove them); the
+    exemption holds for every path-like name, not only for one with a /."""
+    from tuner.spec.config import parse_config
+
+    data = {"study": {"name": name, "n_trials": 1}, "space": {"lr": 0.01}}
+    assert parse_config(data, f"stored config of study {name!r}").study.name == name
+    with pytest.raises(TunerError, match="study.name"):
+        parse_config(data, "study file s.toml")

@@ -90,7 +90,8 @@ def check_study(c: Checker, raw: Any, sections: dict[str, Any]) -> StudySection:
     # A name can become a folder name (checkpoints of studies from before their uuid): never a path. Checked for
     # new studies; one stored before this check stays readable (so that `tuner delete` can remove it).
     stored = c.source.startswith("stored config")
-    if not stored and "/" in study.name or "\\" in study.name or study.name in (".", "..") or "\0" in study.name:
+    path_like = "/" in study.name or "\\" in study.name or study.name in (".", "..") or "\0" in study.name
+    if path_like and not stored:
         raise c.fail("study.name", "must not contain / or \\ or be . or .. (it can name a folder)", study.name)
     study = _check_objectives(c, study, raw)
     study = _check_budgets(c, study, raw)
