@@ -36,6 +36,8 @@ def launch_study_cmd(
     else:
         verb = "created" if result.created else "already exists with this config; reusing"
         out.print(f"study {result.name!r} {verb}", markup=False, highlight=False)
+    if result.warm_start:
+        out.print(result.warm_start, markup=False, highlight=False, soft_wrap=True)
     # The hint names the storage: pasted on another host (or in another directory) without it, a worker
     # would open a new, empty sqlite:///tuner.db there and find no study.
     command, note = worker_hint(url, result.name)

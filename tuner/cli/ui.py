@@ -71,7 +71,7 @@ def progress_view(snap: ProgressSnapshot, note: str = "") -> RenderableType:
     return Group(*lines)
 
 
-def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
+def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table | Group:
     """`tuner status`: one row per study; a caption (with the time) when it is refreshed."""
     table = Table(caption=f"{datetime.now():%H:%M:%S}, {caption}" if caption else None)
     for col in ("study", "complete", "pruned", "running", "waiting", "failed", "retries", "best", "budget spent",
@@ -87,7 +87,10 @@ def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table:
         if "paused" in c:  # ASHA, PBT: PRUNED holds the paused trials, and the segments that others continued
             cells[1] += f" ({c['paused']} paused, {c['continued']} continued)"
         table.add_row(s.name, *cells, str(s.retries), best, s.budget, disk)
-    return table
+    # a warm start's trials finished elsewhere: in none of the columns or the budget, said below the table whole
+    notes = [Text(f"{s.name}: imported {s.imported} (warm start from {', '.join(s.warm_start_from)})")
+             for s in statuses if s.imported]
+    return Group(table, *notes) if notes else table
 
 
 def print_best(console: Console, b: BestTrial) -> None:

@@ -12,7 +12,6 @@ import logging
 import optuna
 import sqlalchemy
 import torch
-from optuna.trial import TrialState
 
 from tuner.data.loader import open_batches
 from tuner.engine.device import resolve_precision
@@ -21,6 +20,7 @@ from tuner.engine.models import build_model
 from tuner.fleet.lineage import lineage_number
 from tuner.spec.space import hparams_from_params
 from tuner.fleet.study import checkpoint_place, stored_config
+from tuner.fleet.imported import candidates, front_of, no_weights_here
 from tuner.engine.train import evaluate
 
 _log = logging.getLogger(__name__)
@@ -41,11 +41,11 @@ def score_on_test(storage: optuna.storages.RDBStorage, name: str, top: int = 1,
     """Score the `top` best COMPLETE trials on the test split; returns [(trial number, test_accuracy)]."""
     config = stored_config(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = candidates(study)  # imported trials only where they count as best (tuner.fleet.imported)
     if not done:
         raise TunerError(f"study {name!r} has no COMPLETE trial to score yet")
     if config.study.multi_objective:  # no single ranking: the Pareto front's trials, by number
-        done = sorted(study.best_trials, key=lambda t: t.number)
+        done = sorted(front_of(study), key=lambda t: t.number)
     else:
         done.sort(key=lambda t: t.value, reverse=config.study.direction == "maximize")
     data = open_batches(config.task, device)
@@ -55,6 +55,9 @@ def score_on_test(storage: optuna.storages.RDBStorage, name: str, top: int = 1,
     place = checkpoint_place(storage, name)
     scores = []
     for trial in done[:top]:
+        if no_weights_here(trial):
+            _log.warning("trial %d: %s; not scored", trial.number, no_weights_here(trial))
+            continue
         trained_on = trial.user_attrs.get("data", {}).get("key")
         if trained_on not in (None, data.record["key"]):
             raise TunerError(f"study {name!r}: the data changed since trial {trial.number} trained (prepared data "

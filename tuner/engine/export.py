@@ -24,6 +24,7 @@ from tuner.fleet.lineage import lineage_number
 from tuner.fleet.pbt import schedule
 from tuner.spec.space import HParams, hparams_from_params
 from tuner.fleet.study import best_frozen_trial, checkpoint_place, complete_trial, stored_config
+from tuner.fleet.imported import no_weights_here
 
 
 def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path, number: int | None = None
@@ -33,6 +34,8 @@ def export_best(storage: optuna.storages.RDBStorage, name: str, out: Path, numbe
     `out` (atomically)."""
     config = stored_config(storage, name)
     trial = best_frozen_trial(storage, name) if number is None else complete_trial(storage, name, number)
+    if no_weights_here(trial):
+        raise TunerError(f"study {name!r}: {no_weights_here(trial)}")
     checkpoints = checkpoint_place(storage, name).trial(lineage_number(trial))
     state = checkpoints.load_latest()
     if state is None:

@@ -78,7 +78,7 @@ class ProgressWatch:
         counts = tally.states()  # every trial, promotions too; the budget counts configurations (tally.finished)
         running = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.RUNNING,))
         best_value = best_trial = None
-        if counts.get("COMPLETE") and not self.config.study.multi_objective:  # several objectives: no single best
+        if (counts.get("COMPLETE") or tally.imported) and not self.config.study.multi_objective:  # several objectives: no single best
             try:
                 found = best_of(self.storage, self.name)
                 best_value, best_trial = found.value, found.number

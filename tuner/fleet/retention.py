@@ -29,6 +29,8 @@ from tuner.spec.config import StudyConfig, parse_config
 from tuner.store.place import StudyPlace, remove_tree, study_place
 from tuner.fleet.asha import LINEAGE_ATTR, PAUSED_ATTR
 from tuner.fleet.compute import study_done
+from tuner.fleet.imported import front_of
+from tuner.store.budget import WARM_START_ATTR
 from tuner.fleet.recovery import INTERRUPTED
 
 _log = logging.getLogger(__name__)
@@ -40,7 +42,9 @@ _SNAPSHOT = sqlalchemy.text(
     "LEFT JOIN trial_user_attributes r ON r.trial_id = t.trial_id AND r.key = 'fail_reason' "
     f"LEFT JOIN trial_user_attributes l ON l.trial_id = t.trial_id AND l.key = '{LINEAGE_ATTR}' "
     f"LEFT JOIN trial_user_attributes p ON p.trial_id = t.trial_id AND p.key = '{PAUSED_ATTR}' "
-    "WHERE t.study_id = :sid")
+    # a warm start's imported trials have no folder here, and must not push a trained one out of keep_best
+    f"WHERE t.study_id = :sid AND NOT EXISTS (SELECT 1 FROM trial_user_attributes w "
+    f"WHERE w.trial_id = t.trial_id AND w.key = '{WARM_START_ATTR}')")
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ def sweep_checkpoints(storage: optuna.storages.RDBStorage, study_id: int, name: 
             return 0
         front = None
         if config.study.multi_objective:
-            front = {t.number for t in optuna.load_study(study_name=name, storage=storage).best_trials}
+            front = {t.number for t in front_of(optuna.load_study(study_name=name, storage=storage))}
         rows = _rows(storage, study_id)
         over = any(r.paused for r in rows) and bool(study_done(storage, study_id, config))
         doomed = doomed_lineages(rows, keep_best=config.study.keep_best, max_retries=config.study.max_retries,

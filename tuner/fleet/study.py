@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from tuner.store.budget import budget_lock, connection, trial_counts
 from tuner.fleet.asha import CONTINUES_ATTR, PAUSED_ATTR
 from tuner.fleet.compute import budget_parts, spent, study_done
+from tuner.fleet.imported import SUMMARY_ATTR, best_among, candidates, excludes_imported, front_of
 from tuner.fleet.pbt import schedule
 from tuner.spec.config import StudyConfig, parse_config
 from tuner.errors import TunerError
@@ -31,6 +32,7 @@ class LaunchResult:
     name: str
     created: bool  # False: the study existed; its config is reused (or replaced, see `replaced`)
     replaced: str = ""  # the changes, when a study with no finished trial took a new config
+    warm_start: str = ""  # what a new study took from [study] warm_start, and what it skipped (one line)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class StudyStatus:
     front_size: int | None = None  # several objectives: how many trials are on the Pareto front
     best_trial: int | None = None
     ended: str = ""  # why the study is over ("" while it is not): the budget that was spent
+    imported: int = 0  # trials a warm start added (trained elsewhere; in no budget)
+    warm_start_from: tuple[str, ...] = ()  # the studies it took them from
     epochs_trained: int | None = None  # with a compute budget: epochs claimed so far (each counted once)
     device_hours: float | None = None
 
@@ -71,7 +75,8 @@ class StudyStatus:
                 "best_value": self.best_value, "best_trial": self.best_trial, "front_size": self.front_size,
                 "n_trials": self.n_trials, "budget": self.budget, "epochs_trained": self.epochs_trained,
                 "device_hours": self.device_hours, "ended": self.ended or None,
-                "checkpoint_bytes": self.checkpoint_bytes}
+                "checkpoint_bytes": self.checkpoint_bytes, "imported": self.imported,
+                "warm_start_from": list(self.warm_start_from)}
 
     @property
     def finished(self) -> int:
@@ -164,6 +169,11 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
     if check_paths:
         check_task_paths(config.task)
     name, wanted = config.study.name, config.to_dict()
+    warm = None
+    if config.study.warm_start and not _exists(storage, name):  # sources read and checked before anything is stored
+        from tuner.fleet.warm_start import plan_warm_start  # it reads stored configs: imports this module's wing
+
+        warm = plan_warm_start(storage, config)
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=list(config.study.all_directions))
     except optuna.exceptions.DuplicatedStudyError:
@@ -190,7 +200,19 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
     study.set_user_attr(CONFIG_ATTR, wanted)
     label_for_dashboard(study, config)
     enqueue_from_file(study, config)
-    return LaunchResult(name, created=True)
+    if warm is not None:
+        from tuner.fleet.warm_start import apply_warm_start
+
+        apply_warm_start(study, warm)
+    return LaunchResult(name, created=True, warm_start=warm.describe() if warm is not None else "")
+
+
+def _exists(storage: optuna.storages.RDBStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+        return True
+    except KeyError:
+        return False
 
 
 ENQUEUED_ATTR = "enqueued"  # trial user attribute: where its given params came from ("study file", "tuner enqueue")
@@ -249,8 +271,11 @@ _EARLIEST_EQUAL = sqlalchemy.text(
 def best_of(storage: optuna.storages.RDBStorage, name: str) -> optuna.trial.FrozenTrial:
     """A single-objective study's best feasible COMPLETE trial, the earliest of equal bests: what `tuner best`,
     `tuner status`, the report and the README's SQL all pick (Optuna's own best_trial takes any of the equal ones,
-    in the database's order). One indexed query more than Optuna's; ValueError if there is none."""
+    in the database's order). One indexed query more than Optuna's; ValueError if there is none. Trials a warm
+    start imported are left out unless the study counts them (tuner.fleet.imported)."""
     study = optuna.load_study(study_name=name, storage=storage)
+    if excludes_imported(study.user_attrs):
+        return best_among(candidates(study), maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
     best = study.best_trial
     study_id = storage.get_study_id_from_name(name)
     with connection(storage) as conn:
@@ -293,7 +318,7 @@ def best_trial(storage: optuna.storages.RDBStorage, name: str) -> BestTrial:
 def front_trials(storage: optuna.storages.RDBStorage, name: str) -> list[BestTrial]:
     """The trials no other COMPLETE trial beats on every objective (Optuna's best_trials), by trial number."""
     config = stored_config(storage, name)
-    front = optuna.load_study(study_name=name, storage=storage).best_trials
+    front = front_of(optuna.load_study(study_name=name, storage=storage))
     if not front:
         raise TunerError(f"study {name!r} has no completed trial yet")
     return [_best(name, config, t) for t in sorted(front, key=lambda t: t.number)]
@@ -317,9 +342,9 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
     counts["retries"] = sum(1 for t in trials if "failed_trial" in t.system_attrs)
     counts.update(_asha_counts(trials))
     best = front = best_number = None
-    if counts.get("COMPLETE"):
+    if counts.get("COMPLETE") or tally.imported:  # imported trials may be the best (warm_start_counts_as_best)
         if config.study.multi_objective:
-            front = len(optuna.load_study(study_name=name, storage=storage).best_trials)
+            front = len(front_of(optuna.load_study(study_name=name, storage=storage))) or None
         else:
             try:
                 found = best_of(storage, name)
@@ -328,9 +353,11 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
                 pass
     used = spent(storage, study_id) if config.study.compute_budget else None
     budget = ", ".join(text for _, text in budget_parts(config.study, tally.finished, used))
+    warm = storage.get_study_user_attrs(study_id).get(SUMMARY_ATTR) or {}
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
                        direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size(),
                        budget=budget, front_size=front, best_trial=best_number,
                        ended=study_done(storage, study_id, config, tally),
                        epochs_trained=used.epochs if used else None,
-                       device_hours=round(used.hours, 6) if used else None)
+                       device_hours=round(used.hours, 6) if used else None, imported=tally.imported,
+                       warm_start_from=tuple(warm.get("from", ())) if tally.imported else ())

@@ -7,6 +7,7 @@ Every plot and table of one report is drawn from the same snapshot, so a running
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import statistics
 from collections.abc import Container
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.spec.config import StudyConfig
 from tuner.fleet.asha import CONTINUED_AT_ATTR, CONTINUES_ATTR
 from tuner.fleet.pbt import EXPLOITED_MEMBER_ATTR, MEMBER_ATTR
+from tuner.fleet.imported import is_imported
 from tuner.fleet.study import stored_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -76,6 +78,7 @@ class ReportSnapshot:
     trials: list[FrozenTrial]  # every trial, by number
     taken_at: datetime.datetime  # naive UTC, like Optuna's timestamps
     study: optuna.Study  # in memory: the COMPLETE trials' params and values, for optuna.visualization
+    imported: list[FrozenTrial] = dataclasses.field(default_factory=list)  # a warm start's (not in `trials`)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -113,7 +116,7 @@ class ReportSnapshot:
 
     @property
     def best(self) -> FrozenTrial | None:
-        complete = self.complete
+        complete = self.complete + (self.imported if self.config.study.warm_start_counts_as_best else [])
         if not complete:
             return None
         sign = -1 if self.maximize else 1
@@ -161,9 +164,14 @@ def take_snapshot(storage: optuna.storages.BaseStorage, name: str) -> ReportSnap
     study_id = storage.get_study_id_from_name(name)
     taken_at = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     trials = sorted(storage.get_all_trials(study_id, deepcopy=False), key=lambda t: t.number)
+    # what this study trained: a warm start's imported trials were trained (and pruned, and timed) elsewhere;
+    # they stay out of the counts, the curves and the savings, and of the best unless the study counts them
+    imported = [t for t in trials if is_imported(t)]
+    trials = [t for t in trials if not is_imported(t)]
     memory = optuna.create_study(study_name=name, direction=config.study.direction, storage=_ReadOnlyMemory())
     memory.add_trials([_bare(t) for t in trials])
-    return ReportSnapshot(name=name, config=config, trials=trials, taken_at=taken_at, study=memory)
+    return ReportSnapshot(name=name, config=config, trials=trials, taken_at=taken_at, study=memory,
+                          imported=imported)
 
 
 def own_epochs(trial: FrozenTrial) -> int:

@@ -70,6 +70,59 @@ def _check_budgets(c: Checker, study: StudySection, given: dict[str, Any]) -> St
     return study
 
 
+# --- warm start ([study] warm_start, warm_start_top, warm_start_counts_as_best): the shapes here; whether the
+# source studies exist and match is checked at launch (tuner.fleet.warm_start), before anything is stored.
+
+ENV_PREFIX = "env:"  # storage = "env:VAR": the URL is read from $VAR at launch (a password stays out of the file)
+
+
+def _warm_source(c: Checker, entry: Any, where: str) -> dict[str, str]:
+    """One source: a study name (this storage), or {study = NAME, storage = URL or "env:VAR"}."""
+    if isinstance(entry, str):
+        entry = {"study": entry}
+    if not isinstance(entry, dict):
+        raise c.fail(where, "must be a study name or a { storage = URL, study = NAME } table", entry)
+    unknown = sorted(set(entry) - {"study", "storage"})
+    if unknown:
+        raise c.fail(f"{where}.{unknown[0]}", "is not a known key (known: study, storage)", entry[unknown[0]])
+    name, storage = entry.get("study"), entry.get("storage", "")
+    if not isinstance(name, str) or not name.strip():
+        raise c.fail(f"{where}.study", "must be a study name", name)
+    if not isinstance(storage, str):
+        raise c.fail(f"{where}.storage", "must be a storage URL or \"env:VAR\"", storage)
+    if "://" in storage:  # a study file is shared and stored in the database: never with a password in it
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(storage).password
+        except Exception:  # not parseable: the launch says so, with the password hidden
+            password = None
+        if password:
+            raise TunerError(f"{c.source}: {where}.storage holds a password: write storage = \"env:VAR\" and "
+                             "put the URL in $VAR")
+    return {"study": name, "storage": storage}
+
+
+def _check_warm_start(c: Checker, study: StudySection) -> StudySection:
+    raw = study.warm_start if study.warm_start is not None else []
+    if not isinstance(raw, (list, tuple)):
+        raise c.fail("study.warm_start", "must be a list of study names or { storage, study } tables", raw)
+    sources = tuple(_warm_source(c, e, f"study.warm_start[{i}]") for i, e in enumerate(raw))
+    if len({(s["storage"], s["study"]) for s in sources}) != len(sources):
+        raise c.fail("study.warm_start", "must not name a study twice", [s["study"] for s in sources])
+    c.at_least(study.warm_start_top, 0, "study.warm_start_top")
+    if (study.warm_start_top or study.warm_start_counts_as_best) and not sources:
+        key = "warm_start_top" if study.warm_start_top else "warm_start_counts_as_best"
+        raise c.fail(f"study.{key}", "needs study.warm_start (the studies to start from)",
+                     getattr(study, key))
+    if study.warm_start_top and study.warm_start_counts_as_best:  # re-trained configs are this study's own trials
+        raise c.fail("study.warm_start_counts_as_best", "applies to imported trials; warm_start_top re-trains "
+                     "them instead", True)
+    if study.n_trials and study.warm_start_top > study.n_trials:  # queued configs take budget slots
+        raise c.fail("study.warm_start_top", f"must be <= study.n_trials ({study.n_trials})", study.warm_start_top)
+    return dataclasses.replace(study, warm_start=sources)
+
+
 def _check_task_data(c: Checker, task: TaskSection) -> None:
     """What the dataset and model need: weights a backbone can load, a data folder, sizes that can train."""
     if task.weights != "none" and task.model == "cnn":
@@ -98,6 +151,7 @@ def check_study(c: Checker, raw: Any, sections: dict[str, Any]) -> StudySection:
     c.at_least(study.max_retries, 0, "study.max_retries")
     c.at_least(study.max_failures, 0, "study.max_failures")
     c.at_least(study.keep_best, 1, "study.keep_best")
+    study = _check_warm_start(c, study)
     return study
 
 
@@ -160,6 +214,9 @@ def check_population(c: Checker, sections: dict[str, Any], raw: dict[str, Any]) 
     for name in pruner["perturb"]:
         if name not in searched:
             raise c.fail("pruner.perturb", "can only name hyperparameters searched in [space]", name)
+    if study.warm_start and not study.warm_start_top:  # a member is a lineage trained here, with checkpoints
+        raise c.fail("study.warm_start", "cannot import trials into a pbt population (warm_start_top = K "
+                     "re-trains the best K as members instead)", [s["study"] for s in study.warm_start])
     if len(sections["enqueue"]) > pruner["population"]:  # queued configs start the first members
         raise c.fail("enqueue", f"holds more configs than pruner.population ({pruner['population']})",
                      len(sections["enqueue"]))

@@ -72,6 +72,13 @@ class StudySection:
     max_retries: int = 2  # retries of a failed trial (same params) before it is given up
     max_failures: int = 0  # trials failed by the objective (not signals/dead workers) that stop the study; 0 = n_trials
     keep_best: int = 5  # COMPLETE trials whose final weights are kept on disk (the best ones); the rest are deleted
+    # Warm start (tuner.fleet.warm_start): earlier studies whose COMPLETE trials that fit [space] are added at
+    # launch as finished trials (the sampler and pruner learn from them; no budget, no best unless counted).
+    # In the file: names (same storage) or {storage = URL or "env:VAR", study = NAME} tables; checked, it is a
+    # tuple of {"study": name, "storage": "" (this one) or the URL as written}.
+    warm_start: Any = None
+    warm_start_top: int = 0  # > 0: re-train the top K fitting configs instead (queued, in the budget); no import
+    warm_start_counts_as_best: bool = False  # imported trials may be the study's best (they have no weights here)
 
     @property
     def multi_objective(self) -> bool:
@@ -142,7 +149,7 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as the study file would write it (what is stored in the database)."""
         out: dict[str, Any] = {key: dataclasses.asdict(getattr(self, key)) for key in ("study", "task", "worker")}
-        for key in ("objectives", "directions"):  # TOML and JSON have lists, not tuples
+        for key in ("objectives", "directions", "warm_start"):  # TOML and JSON have lists, not tuples
             out["study"][key] = list(out["study"][key])
         out["pruner"] = dict(self.pruner)
         out["space"] = {p.name: _param_to_dict(p) for p in self.space}

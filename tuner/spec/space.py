@@ -52,6 +52,18 @@ def _suggest(trial: optuna.Trial, p: ParamSpec) -> Any:
     return trial.suggest_float(p.name, p.low, p.high, log=p.log)
 
 
+def distribution_of(p: ParamSpec) -> optuna.distributions.BaseDistribution:
+    """The distribution _suggest records for a searched entry: what a trial made elsewhere (a warm start's
+    imported one) must carry to be one of this study's, so that the samplers' search space takes it in."""
+    own_int = isinstance(p.low, int) and isinstance(p.high, int)
+    kind = SPACE_PARAMS[p.name][0] if p.name in SPACE_PARAMS else (int if own_int else float)
+    if p.choices is not None:
+        return optuna.distributions.CategoricalDistribution(list(p.choices))
+    if kind is int:
+        return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log)
+    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
+
+
 def suggest_hparams(trial: optuna.Trial, space: tuple[ParamSpec, ...]) -> HParams:
     """Sample every searched parameter; constants are taken as they are and not stored as params."""
     return _split({p.name: p.value if p.value is not None else _suggest(trial, p) for p in space})

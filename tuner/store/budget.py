@@ -4,7 +4,9 @@ Optuna counts n_trials per process, so N workers overshoot by up to N-1. Here ev
 study's lock, counts trials by state, and only then asks for a trial, so exactly n_trials end
 COMPLETE or PRUNED. FAILed trials do not use the budget; their retries (WAITING) do. A trial that continues a
 paused one (an ASHA promotion, user attribute `continues`) uses no slot either: n_trials counts
-configurations, and such trials are counted apart (Counts.continued).
+configurations, and such trials are counted apart (Counts.continued). Trials a warm start imported (user
+attribute WARM_START_ATTR, tuner.fleet.warm_start) were trained elsewhere: they use no slot and are counted apart
+too (Counts.imported).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ HOLDER_IDLE_LIMIT_MS = 10_000
 WAIT_TURN_MS = 1000
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 CONTINUATION_ATTR = "continues"  # user attribute of a trial that continues a paused one (tuner.fleet.asha)
+WARM_START_ATTR = "tuner_warm_start_from"  # user attribute of a trial a warm start imported: the source study
 
 
 @dataclass(frozen=True)
 class Counts:
     by_state: dict[str, int]  # configurations: trials that start one, and their retries
     continued: dict[str, int] = dataclasses.field(default_factory=dict)  # promotions of paused trials, by state
+    imported: int = 0  # COMPLETE trials a warm start added (trained elsewhere: never in a budget)
 
     def __getitem__(self, state: str) -> int:
         return self.by_state.get(state, 0)
@@ -82,19 +86,24 @@ def connection(storage: optuna.storages.RDBStorage) -> Iterator[sqlalchemy.Conne
 
 
 _COUNTS = sqlalchemy.text(
-    "SELECT t.state, a.trial_id IS NOT NULL AS continued, COUNT(*) FROM trials t "
+    "SELECT t.state, a.trial_id IS NOT NULL AS continued, w.trial_id IS NOT NULL AS imported, COUNT(*) "
+    "FROM trials t "
     f"LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = '{CONTINUATION_ATTR}' "
-    "WHERE t.study_id = :sid GROUP BY t.state, continued")
+    f"LEFT JOIN trial_user_attributes w ON w.trial_id = t.trial_id AND w.key = '{WARM_START_ATTR}' "
+    "WHERE t.study_id = :sid GROUP BY t.state, continued, imported")
 
 
 def trial_counts(storage: optuna.storages.RDBStorage, study_id: int) -> Counts:
     with connection(storage) as conn:
         rows = conn.execute(_COUNTS, {"sid": study_id}).all()
     # Optuna stores the TrialState name ("COMPLETE"); older SQLite files may hold the enum repr.
-    configs, continued = collections.Counter(), collections.Counter()
-    for state, is_continued, n in rows:
+    configs, continued, imported = collections.Counter(), collections.Counter(), 0
+    for state, is_continued, is_imported, n in rows:
+        if is_imported:
+            imported += n
+            continue
         (continued if is_continued else configs)[str(state).split(".")[-1]] += n
-    return Counts(configs, continued)
+    return Counts(configs, continued, imported)
 
 
 def can_start(counts: Counts, n_trials: int) -> bool:
