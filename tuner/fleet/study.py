@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import warnings
 import dataclasses
 from dataclasses import dataclass
@@ -15,7 +14,9 @@ from optuna.trial import TrialState
 from tuner.store.budget import budget_lock, connection, trial_counts
 from tuner.fleet.asha import CONTINUES_ATTR, PAUSED_ATTR
 from tuner.fleet.compute import budget_parts, spent, study_done
+from tuner.fleet.history import HISTORY_ATTR, append_history, history  # noqa: F401 (re-exported)
 from tuner.fleet.pbt import schedule
+from tuner.fleet.stopping import stop_reason
 from tuner.spec.config import StudyConfig, parse_config
 from tuner.errors import TunerError
 from tuner.store.urls import shown_url
@@ -23,7 +24,6 @@ from tuner.store.place import StudyPlace, identity_attrs, study_place
 from tuner.spec.preflight import check_task_paths
 
 CONFIG_ATTR = "tuner_config"  # study user attribute holding the validated study file
-HISTORY_ATTR = "tuner_history"  # study user attribute: list of {at, event, ...} (extend, replace)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class StudyStatus:
     budget: str = ""  # what is spent of each budget, e.g. "12/20 trials, 40/100 epochs"
     front_size: int | None = None  # several objectives: how many trials are on the Pareto front
     best_trial: int | None = None
-    ended: str = ""  # why the study is over ("" while it is not): the budget that was spent
+    ended: str = ""  # why the study is over ("" while it is not): the budget that was spent, or a stop condition
+    stopped: str = ""  # a stop condition (target, patience, max_hours) that ended it (tuner.fleet.stopping)
     epochs_trained: int | None = None  # with a compute budget: epochs claimed so far (each counted once)
     device_hours: float | None = None
 
@@ -70,7 +71,7 @@ class StudyStatus:
                 "paused": self.counts.get("paused", 0), "continued": self.counts.get("continued", 0),
                 "best_value": self.best_value, "best_trial": self.best_trial, "front_size": self.front_size,
                 "n_trials": self.n_trials, "budget": self.budget, "epochs_trained": self.epochs_trained,
-                "device_hours": self.device_hours, "ended": self.ended or None,
+                "device_hours": self.device_hours, "ended": self.ended or None, "stopped": self.stopped or None,
                 "checkpoint_bytes": self.checkpoint_bytes}
 
     @property
@@ -116,18 +117,6 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{key} ({a!r} -> {b!r})" for key, a, b in changes)
-
-
-def append_history(storage: optuna.storages.RDBStorage, study_id: int, event: str, **fields: Any) -> None:
-    """Record a change of the stored study (call under the budget lock: read-modify-write)."""
-    history = list(storage.get_study_user_attrs(study_id).get(HISTORY_ATTR, []))
-    at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    storage.set_study_user_attr(study_id, HISTORY_ATTR, history + [{"at": at, "event": event, **fields}])
-
-
-def history(storage: optuna.storages.RDBStorage, study_id: int, event: str) -> list[dict[str, Any]]:
-    """The recorded changes of one kind ("extend", "replace"), oldest first."""
-    return [e for e in storage.get_study_user_attrs(study_id).get(HISTORY_ATTR, []) if e["event"] == event]
 
 
 def _replace_config(storage: optuna.storages.RDBStorage, config: StudyConfig,
@@ -328,9 +317,10 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
                 pass
     used = spent(storage, study_id) if config.study.compute_budget else None
     budget = ", ".join(text for _, text in budget_parts(config.study, tally.finished, used))
+    stopped = stop_reason(storage, study_id, config.study)
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
                        direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size(),
                        budget=budget, front_size=front, best_trial=best_number,
-                       ended=study_done(storage, study_id, config, tally),
+                       ended=stopped or study_done(storage, study_id, config, tally), stopped=stopped,
                        epochs_trained=used.epochs if used else None,
                        device_hours=round(used.hours, 6) if used else None)

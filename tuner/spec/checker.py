@@ -35,8 +35,11 @@ class Checker:
                 if f.default is dataclasses.MISSING:
                     raise TunerError(f"{self.source}: {where}.{name} is required")
                 continue
-            values[name] = self.typed(data[name], type(f.default) if f.default is not dataclasses.MISSING else str,
-                                      f"{where}.{name}")
+            if f.default is None and data[name] is None:  # an optional number, stored as null (TOML has none)
+                continue
+            # a default of None is an optional number (study.target); no default: a string (study.name)
+            kind = str if f.default is dataclasses.MISSING else float if f.default is None else type(f.default)
+            values[name] = self.typed(data[name], kind, f"{where}.{name}")
         return cls(**values)
 
     def typed(self, value: Any, kind: type, where: str) -> Any:

@@ -72,6 +72,10 @@ class StudySection:
     max_retries: int = 2  # retries of a failed trial (same params) before it is given up
     max_failures: int = 0  # trials failed by the objective (not signals/dead workers) that stop the study; 0 = n_trials
     keep_best: int = 5  # COMPLETE trials whose final weights are kept on disk (the best ones); the rest are deleted
+    # Stopping when done (tuner.fleet.stopping): each ends the study like a spent budget; `tuner extend` lifts it.
+    target: float | None = None  # a COMPLETE trial reached this value (maximize: >=, minimize: <=); None: none
+    patience: int = 0  # this many finished trials in a row (in order of completion) without a new best; 0: none
+    max_hours: float = 0.0  # wall-clock hours since the first trial started; running trials stop too; 0: none
 
     @property
     def multi_objective(self) -> bool:
