@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
 import json
 
 import optuna
@@ -156,17 +157,24 @@ def _history(url: str, name: str) -> list[dict]:
     return load(url, name).user_attrs.get("tuner_history", [])
 
 
-def _assert_shown(env, name: str, tmp_path, needle: str) -> None:
-    """The reason in `tuner status` (JSON and table), and on the report page."""
+def _assert_shown(url: str, env: dict[str, str], name: str, tmp_path, needle: str) -> None:
+    """The reason in `tuner status --format json`, in the status table (as the command draws it: its own
+    process is in the target test) and on the report page."""
+    from rich.console import Console
+
+    from tuner.cli.ui import status_view
+    from tuner.fleet.study import study_status
+    from tuner.report.build import build_report
+
     status = _status(env, name)
     assert needle in status["stopped"] and status["ended"] == status["stopped"], status
-    table = tuner("status", "--study", name, env=env)
-    assert f"study {name!r} stopped: {needle}" in table.stdout, table.stdout
-    page = tmp_path / f"{name}.html"
-    report = tuner("report", "--study", name, "--out", str(page), env=env)
-    assert report.returncode == 0, report.stderr
-    html = page.read_text()
+    storage = make_storage(url)
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(status_view([study_status(storage, name)]))
+    assert f"study {name!r} stopped: {needle}" in console.export_text()
+    html = build_report(storage, name, tmp_path / f"{name}.html").html.read_text()
     assert 'id="stopped"' in html and needle in html and 'id="finished"' in html
+    storage.engine.dispose()
 
 
 def test_a_reached_target_ends_a_three_worker_study_and_extend_lets_workers_go_on(pg_url, tmp_path):
@@ -179,7 +187,9 @@ def test_a_reached_target_ends_a_three_worker_study_and_extend_lets_workers_go_o
     # one trial per worker at most was asked for before the first finished; running ones were let finish
     assert 1 <= len(states) <= 3 and "COMPLETE" in states
     assert set(states) <= {"COMPLETE", "PRUNED"}, states  # nothing RUNNING or WAITING
-    _assert_shown(env, "tgt", tmp_path, "target reached: trial ")
+    _assert_shown(pg_url, env, "tgt", tmp_path, "target reached: trial ")
+    table = tuner("status", "--study", "tgt", env=env)
+    assert "study 'tgt' stopped: target reached: trial " in table.stdout, table.stdout
     assert [e["event"] for e in _history(pg_url, "tgt")] == ["stopped"]  # once, by the first worker to see it
 
     assert_one_line_error(tuner("extend", "--study", "tgt", "--target", "0.0", env=env), "is reached already")
@@ -205,7 +215,7 @@ def test_patience_ends_a_three_worker_study(pg_url, tmp_path):
     _run_workers("pat", env, tmp_path)
     states = _states(pg_url, "pat")
     assert 3 <= len(states) <= 5 and set(states) == {"PRUNED"}, states
-    _assert_shown(env, "pat", tmp_path, "patience spent: ")
+    _assert_shown(pg_url, env, "pat", tmp_path, "patience spent: ")
     assert f"patience spent: {len(states)} finished trials without a new best (none COMPLETE)" in \
         _status(env, "pat")["stopped"]
     assert [e["event"] for e in _history(pg_url, "pat")] == ["stopped"]
@@ -223,7 +233,7 @@ def test_max_hours_ends_a_three_worker_study_and_stops_its_running_trials(pg_url
     for t in trials:
         assert t.user_attrs["stop_reason"].startswith("max_hours reached (")
         assert t.user_attrs["pruned_at_epoch"] == max(t.intermediate_values) < 5000
-    _assert_shown(env, "hrs", tmp_path, "max_hours reached (")
+    _assert_shown(pg_url, env, "hrs", tmp_path, "max_hours reached (")
     assert [e["event"] for e in _history(pg_url, "hrs")] == ["stopped"]
     # a lift restarts the clock: a new worker trains until the time is up again, then stops its trial
     lifted = tuner("extend", "--study", "hrs", env=env)

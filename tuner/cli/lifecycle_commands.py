@@ -47,7 +47,8 @@ def extend(
         out.print(f"study {r.name!r}: n_trials {r.old} -> {r.new} ({r.finished} finished)" if r.new != r.old
                   else f"study {r.name!r}: n_trials is already {r.new}", markup=False, highlight=False)
     for key, old, new in r.changes:
-        shown = ["none" if v in (None, 0) else f"{v:g}" for v in (old, new)]
+        # none: no target (None), no patience or time limit (0); a target of 0 is a target
+        shown = ["none" if v is None or (key != "target" and not v) else f"{v:g}" for v in (old, new)]
         out.print(f"study {r.name!r}: {key} {shown[0]} -> {shown[1]}", markup=False, highlight=False)
     if r.lifted:
         out.print(f"study {r.name!r}: stop lifted ({r.lifted}); patience and max_hours count from now",
