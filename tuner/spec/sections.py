@@ -148,6 +148,13 @@ class StudyConfig:
         out: dict[str, Any] = {key: dataclasses.asdict(getattr(self, key)) for key in ("study", "task", "worker")}
         for key in ("objectives", "directions"):  # TOML and JSON have lists, not tuples
             out["study"][key] = list(out["study"][key])
+        # Stop conditions that are not set are left out, as a file leaves them out: `patience = 0` is a mistake in
+        # a file, and TOML has no null (a target of 0 is a target)
+        if out["study"]["target"] is None:
+            del out["study"]["target"]
+        for key in ("patience", "max_hours"):
+            if not out["study"][key]:
+                del out["study"][key]
         out["pruner"] = dict(self.pruner)
         out["space"] = {p.name: _param_to_dict(p) for p in self.space}
         if self.enqueue:
