@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import io
 import json
+import re
 
 import optuna
 import pytest
@@ -242,3 +243,38 @@ def test_max_hours_ends_a_three_worker_study_and_stops_its_running_trials(pg_url
     again = load(pg_url, "hrs").get_trials(deepcopy=False)
     assert len(again) > len(trials) and all(t.state == TrialState.PRUNED for t in again)
     assert [e["event"] for e in _history(pg_url, "hrs")] == ["stopped", "stop lifted", "stopped"]
+
+
+# --- tuner extend and launch-study, in-process ---------------------------------------------------------------
+
+def test_extend_checks_its_values_and_the_file_as_launched_is_still_that_study(tmp_path):
+    from tuner.fleet.lifecycle import extend_study
+    from tuner.fleet.study import launch_study
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'ext.db'}")
+    config = load_config(study_file(tmp_path, "ext", extra="target = 0.9\npatience = 4"))
+    launch_study(storage, config, check_paths=False)
+    for stops, needle in [({"patience": -1}, "tuner extend --study ext: study.patience must be >= 0, got -1"),
+                          ({"target": 1.5}, "study.target must be between 0 and 1 for val_accuracy, got 1.5"),
+                          ({"max_hours": -2.0}, "study.max_hours must be > 0 (leave it out for no time limit), "
+                                                "got -2.0")]:
+        with pytest.raises(TunerError, match=re.escape(needle)):
+            extend_study(storage, "ext", stops=stops)
+    nothing = extend_study(storage, "ext")  # no stop holds, nothing given: nothing changes, nothing recorded
+    assert (nothing.changes, nothing.lifted) == ((), "") and "tuner_history" not in load_attrs(storage)
+    result = extend_study(storage, "ext", stops={"target": None, "patience": 0, "max_hours": 2.0})
+    assert result.changes == (("target", 0.9, None), ("patience", 4, 0), ("max_hours", 0.0, 2.0))
+    stored = load_attrs(storage)["tuner_config"]["study"]
+    assert "target" not in stored and "patience" not in stored and stored["max_hours"] == 2.0
+    assert launch_study(storage, config, check_paths=False).created is False  # the file as launched: reused
+    (tmp_path / "v2").mkdir()
+    changed = load_config(study_file(tmp_path / "v2", "ext", extra="target = 0.95\npatience = 4"))
+    with pytest.raises(TunerError, match=re.escape("and the file says max_hours = 0; patience = 4; target = 0.95: "
+                                                   "to change that run `tuner extend --study ext --max-hours 0 "
+                                                   "--patience 4 --target 0.95`")):
+        launch_study(storage, changed, check_paths=False)
+    storage.engine.dispose()
+
+
+def load_attrs(storage) -> dict:
+    return storage.get_study_user_attrs(storage.get_study_id_from_name("ext"))

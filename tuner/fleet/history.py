@@ -27,3 +27,14 @@ def append_history(storage: optuna.storages.RDBStorage, study_id: int, event: st
 def history(storage: optuna.storages.RDBStorage, study_id: int, event: str) -> list[dict[str, Any]]:
     """The recorded changes of one kind ("extend", "replace", ...), oldest first."""
     return [e for e in events(storage.get_study_user_attrs(study_id)) if e["event"] == event]
+
+
+def as_launched(extends: list[dict[str, Any]], key: str, now: Any) -> Any:
+    """The value a [study] key had at launch, from the "extend" events (which record what they changed; n_trials
+    as old/new, the stop conditions as stops: {key: [old, new]}); `now` if no extension changed it."""
+    for event in extends:
+        if key == "n_trials":
+            return event["old"]
+        if key in event.get("stops", {}):
+            return event["stops"][key][0]
+    return now

@@ -18,8 +18,8 @@ from tuner.spec.checks import check_stopping
 from tuner.spec.config import StudyConfig, StudySection, check_enqueued, parse_config
 from tuner.errors import TunerError
 from tuner.store.place import StudyPlace
-from tuner.fleet.study import (CONFIG_ATTR, ENQUEUED_ATTR, append_history, checkpoint_place, describe_changes,
-                               label_for_dashboard, stored_config)
+from tuner.fleet.study import (CONFIG_ATTR, ENQUEUED_ATTR, append_history, checkpoint_place, label_for_dashboard,
+                               stored_config)
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def extend_study(storage: optuna.storages.RDBStorage, name: str, n_trials: int |
         if new != config:
             storage.set_study_user_attr(study_id, CONFIG_ATTR, new.to_dict())
             append_history(storage, study_id, "extend", old=old, new=new.study.n_trials,
-                           **({"changes": describe_changes(list(changes))} if changes else {}))
+                           **({"stops": {k: [a, b] for k, a, b in changes}} if changes else {}))
     if new != config:  # outside the lock: the dashboard's note is for people, no worker reads it
         label_for_dashboard(optuna.load_study(study_name=name, storage=storage), new)
     return ExtendResult(name, old, new.study.n_trials, counts.finished, changes, lifted)

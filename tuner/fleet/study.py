@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from tuner.store.budget import budget_lock, connection, trial_counts
 from tuner.fleet.asha import CONTINUES_ATTR, PAUSED_ATTR
 from tuner.fleet.compute import budget_parts, spent, study_done
-from tuner.fleet.history import HISTORY_ATTR, append_history, history  # noqa: F401 (re-exported)
+from tuner.fleet.history import HISTORY_ATTR, append_history, as_launched, history  # noqa: F401 (re-exported)
 from tuner.fleet.pbt import schedule
 from tuner.fleet.stopping import stop_reason
 from tuner.spec.config import StudyConfig, parse_config
@@ -161,14 +161,9 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
         if not changes:
             return LaunchResult(name, created=False)
         keys = [key for key, _, _ in changes]
-        if keys == ["study.n_trials"]:
-            now, asked = stored.study.n_trials, config.study.n_trials
-            extends = history(storage, storage.get_study_id_from_name(name), "extend")
-            if extends and asked == extends[0]["old"]:  # the file as launched; `tuner extend` set the budget since
-                return LaunchResult(name, created=False)
-            raise TunerError(f"study {name!r} has n_trials = {now} and the file says {asked}: to change the budget "
-                             f"run `tuner extend --study {name} --n-trials {asked}` (or put n_trials = {now} in "
-                             "the file)") from None
+        if set(keys) <= set(EXTENDABLE):  # only what `tuner extend` changes
+            _check_extended(storage, name, changes)
+            return LaunchResult(name, created=False)
         if {"study.direction", "study.directions"} & set(keys):  # Optuna fixes them when the study is created
             raise TunerError(f"study {name!r} already exists with a different config: {describe_changes(changes)}; "
                              "the direction of a study cannot change: launch it under another name (--name) or "
@@ -180,6 +175,32 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
     label_for_dashboard(study, config)
     enqueue_from_file(study, config)
     return LaunchResult(name, created=True)
+
+
+# what `tuner extend` changes in a stored config, with its option
+EXTENDABLE = {"study.n_trials": "--n-trials", "study.target": "--target", "study.patience": "--patience",
+              "study.max_hours": "--max-hours"}
+
+
+def _check_extended(storage: optuna.storages.RDBStorage, name: str, changes: list[tuple[str, Any, Any]]) -> None:
+    """A file that differs from the stored config only in what `tuner extend` changes is that study as launched
+    (extend changed it since), or a change to make with `tuner extend`: one line saying how."""
+    recorded = history(storage, storage.get_study_id_from_name(name), "extend")
+
+    def unset(key: str, value: Any) -> Any:  # a file leaves out patience/max_hours; extend records their 0
+        return None if key != "study.target" and not value else value
+
+    if recorded and all(unset(k, new) == unset(k, as_launched(recorded, k.split(".")[1], old))
+                        for k, old, new in changes):
+        return
+    def show(key: str, value: Any) -> Any:  # as the option takes it: no target is none, no patience is 0
+        return ("none" if key == "study.target" else 0) if value is None else value
+
+    stored = "; ".join(f"{k.split('.')[1]} = {show(k, old)}" for k, old, _ in changes)
+    says = "; ".join(f"{k.split('.')[1]} = {show(k, new)}" for k, _, new in changes)
+    options = " ".join(f"{EXTENDABLE[k]} {show(k, new)}" for k, _, new in changes)
+    raise TunerError(f"study {name!r} has {stored} and the file says {says}: to change that run `tuner extend "
+                     f"--study {name} {options}` (or put the stored values in the file)") from None
 
 
 ENQUEUED_ATTR = "enqueued"  # trial user attribute: where its given params came from ("study file", "tuner enqueue")
