@@ -261,10 +261,11 @@ class Worker:
 
         def on_epoch(event) -> None:
             self.on_epoch(event)
+            # max_hours first: a trial the clock stops claims no epoch of the compute budget it would not train
+            if clock is not None:  # stops the trial once the study's time is up (TrialPruned)
+                clock.after_epoch(event.epoch, event.epochs, event.pruned)
             if compute is not None:  # claims the next epoch, or stops the trial (TrialPruned)
                 compute.after_epoch(event.epoch, event.epochs, event.pruned)
-            if clock is not None:  # max_hours: stops the trial once the study's time is up (TrialPruned)
-                clock.after_epoch(event.epoch, event.epochs, event.pruned)
 
         try:
             value = objective(trial, self.signals.stop.is_set, on_epoch)
