@@ -65,7 +65,7 @@ def status(
         return
 
     def table(caption: str = ""):
-        return ui.status_table([study_status(st, n) for n in ([study] if study else tuner_studies(st))], caption)
+        return ui.status_view([study_status(st, n) for n in ([study] if study else tuner_studies(st))], caption)
 
     if not watch:
         out.print(table())

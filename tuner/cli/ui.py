@@ -93,6 +93,12 @@ def status_table(statuses: Sequence[StudyStatus], caption: str = "") -> Table | 
     return Group(table, *notes) if notes else table
 
 
+def status_view(statuses: Sequence[StudyStatus], caption: str = "") -> Group:
+    """The status table, then one whole line per study a stop condition ended (a reason too long for a cell)."""
+    lines = [Text(f"study {s.name!r} stopped: {s.stopped}", style="bold") for s in statuses if s.stopped]
+    return Group(status_table(statuses, caption), *lines)
+
+
 def print_best(console: Console, b: BestTrial) -> None:
     """`tuner best` (and the end of `tuner run`): the best trial's value, params and sizes."""
     # the title as its own line: a table title wraps at the table's width, mid-sentence

@@ -23,6 +23,7 @@ import sqlalchemy
 
 from tuner.fleet.asha import promotion_pending
 from tuner.fleet.pbt import pending as pbt_pending
+from tuner.fleet.stopping import stop_reason
 from tuner.store.budget import Counts, budget_lock, connection, trial_counts
 from tuner.spec.config import StudySection
 from tuner.store.storage import call_with_retry
@@ -64,8 +65,14 @@ def exhausted(study: StudySection, used: Spent) -> str:
     return ""
 
 
-def study_done(storage: optuna.storages.RDBStorage, study_id: int, config, counts: Counts | None = None) -> str:
-    """Why the study is over ("" while it is not): its trial budget, or its compute budget, is spent."""
+def study_done(storage: optuna.storages.RDBStorage, study_id: int, config, counts: Counts | None = None, *,
+               record: bool = False) -> str:
+    """Why the study is over ("" while it is not): a stop condition holds (tuner.fleet.stopping: target, patience,
+    max_hours), or its trial budget, or its compute budget, is spent. record: the caller holds the budget lock,
+    and a stop condition is recorded in the study's history (once)."""
+    why = stop_reason(storage, study_id, config.study, record=record)
+    if why:
+        return why
     counts = counts or trial_counts(storage, study_id)
     if config.study.n_trials and counts.finished >= config.study.n_trials and not _promotions_left(
             storage, study_id, config, counts):

@@ -26,7 +26,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
-from tuner.fleet.study import CONFIG_ATTR, append_history, label_for_dashboard, stored_config
+from tuner.fleet.history import append_history
+from tuner.fleet.study import CONFIG_ATTR, label_for_dashboard, stored_config
 from tuner.spec.config import parse_config
 from tuner.store.place import ROOT_ATTR, UUID_ATTR, StudyPlace, link_tree, study_place
 from tuner.store.storage import make_storage

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from tuner.store.budget import trial_counts
 from tuner.fleet.compute import budget_parts, spent
+from tuner.fleet.stopping import stop_reason
 from tuner.fleet.study import best_of, stored_config
 
 
@@ -42,6 +43,7 @@ class ProgressSnapshot:
     eta_s: float | None  # None until a trial has finished while watching
     spent: float = 0.0  # share of the budget spent (of whichever budget is nearest its end), 0..1
     budget: str = ""  # e.g. "12/20 trials, 40/100 epochs"
+    stopped: str = ""  # a stop condition (target, patience, max_hours) ended the study before its budget
 
     @property
     def finished(self) -> int:
@@ -49,7 +51,7 @@ class ProgressSnapshot:
 
     @property
     def done(self) -> bool:
-        return self.spent >= 1
+        return self.spent >= 1 or bool(self.stopped)
 
 
 def complete_message(study: str, why: str) -> str:
@@ -101,6 +103,7 @@ class ProgressWatch:
             best_value=best_value, best_trial=best_trial, elapsed_s=elapsed,
             eta_s=_eta(share - self._spent_at_start, 1 - share, elapsed),
             spent=share, budget=", ".join(text for _, text in parts),
+            stopped=stop_reason(self.storage, self.study_id, study),  # no query for a study without stops
         )
 
 

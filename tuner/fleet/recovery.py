@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from tuner.store.budget import budget_lock
 from tuner.store.lease import ReaperLease
-from tuner.fleet.study import history
+from tuner.fleet.history import history
 
 # user attributes that describe one run of a trial, not its params: a retry starts without them
 # (epochs_trained / train_seconds: what this run used of the compute budget, tuner/fleet/compute.py; a retry claims anew)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import warnings
 import dataclasses
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ from tuner.store.budget import budget_lock, connection, trial_counts
 from tuner.fleet.asha import CONTINUES_ATTR, PAUSED_ATTR
 from tuner.fleet.compute import budget_parts, spent, study_done
 from tuner.fleet.imported import SUMMARY_ATTR, best_among, candidates, excludes_imported, front_of
+from tuner.fleet.history import append_history, as_launched, history
 from tuner.fleet.pbt import schedule
+from tuner.fleet.stopping import stop_reason
 from tuner.spec.config import StudyConfig, parse_config
 from tuner.errors import TunerError
 from tuner.store.urls import shown_url
@@ -24,7 +25,6 @@ from tuner.store.place import StudyPlace, identity_attrs, study_place
 from tuner.spec.preflight import check_task_paths
 
 CONFIG_ATTR = "tuner_config"  # study user attribute holding the validated study file
-HISTORY_ATTR = "tuner_history"  # study user attribute: list of {at, event, ...} (extend, replace)
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,10 @@ class StudyStatus:
     budget: str = ""  # what is spent of each budget, e.g. "12/20 trials, 40/100 epochs"
     front_size: int | None = None  # several objectives: how many trials are on the Pareto front
     best_trial: int | None = None
-    ended: str = ""  # why the study is over ("" while it is not): the budget that was spent
     imported: int = 0  # trials a warm start added (trained elsewhere; in no budget)
     warm_start_from: tuple[str, ...] = ()  # the studies it took them from
+    ended: str = ""  # why the study is over ("" while it is not): the budget that was spent, or a stop condition
+    stopped: str = ""  # a stop condition (target, patience, max_hours) that ended it (tuner.fleet.stopping)
     epochs_trained: int | None = None  # with a compute budget: epochs claimed so far (each counted once)
     device_hours: float | None = None
 
@@ -74,7 +75,7 @@ class StudyStatus:
                 "paused": self.counts.get("paused", 0), "continued": self.counts.get("continued", 0),
                 "best_value": self.best_value, "best_trial": self.best_trial, "front_size": self.front_size,
                 "n_trials": self.n_trials, "budget": self.budget, "epochs_trained": self.epochs_trained,
-                "device_hours": self.device_hours, "ended": self.ended or None,
+                "device_hours": self.device_hours, "ended": self.ended or None, "stopped": self.stopped or None,
                 "checkpoint_bytes": self.checkpoint_bytes, "imported": self.imported,
                 "warm_start_from": list(self.warm_start_from)}
 
@@ -121,18 +122,6 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{key} ({a!r} -> {b!r})" for key, a, b in changes)
-
-
-def append_history(storage: optuna.storages.RDBStorage, study_id: int, event: str, **fields: Any) -> None:
-    """Record a change of the stored study (call under the budget lock: read-modify-write)."""
-    history = list(storage.get_study_user_attrs(study_id).get(HISTORY_ATTR, []))
-    at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    storage.set_study_user_attr(study_id, HISTORY_ATTR, history + [{"at": at, "event": event, **fields}])
-
-
-def history(storage: optuna.storages.RDBStorage, study_id: int, event: str) -> list[dict[str, Any]]:
-    """The recorded changes of one kind ("extend", "replace"), oldest first."""
-    return [e for e in storage.get_study_user_attrs(study_id).get(HISTORY_ATTR, []) if e["event"] == event]
 
 
 def _replace_config(storage: optuna.storages.RDBStorage, config: StudyConfig,
@@ -182,14 +171,9 @@ def launch_study(storage: optuna.storages.RDBStorage, config: StudyConfig, *,
         if not changes:
             return LaunchResult(name, created=False)
         keys = [key for key, _, _ in changes]
-        if keys == ["study.n_trials"]:
-            now, asked = stored.study.n_trials, config.study.n_trials
-            extends = history(storage, storage.get_study_id_from_name(name), "extend")
-            if extends and asked == extends[0]["old"]:  # the file as launched; `tuner extend` set the budget since
-                return LaunchResult(name, created=False)
-            raise TunerError(f"study {name!r} has n_trials = {now} and the file says {asked}: to change the budget "
-                             f"run `tuner extend --study {name} --n-trials {asked}` (or put n_trials = {now} in "
-                             "the file)") from None
+        if set(keys) <= set(EXTENDABLE):  # only what `tuner extend` changes
+            _check_extended(storage, name, changes)
+            return LaunchResult(name, created=False)
         if {"study.direction", "study.directions"} & set(keys):  # Optuna fixes them when the study is created
             raise TunerError(f"study {name!r} already exists with a different config: {describe_changes(changes)}; "
                              "the direction of a study cannot change: launch it under another name (--name) or "
@@ -213,6 +197,32 @@ def _exists(storage: optuna.storages.RDBStorage, name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+# what `tuner extend` changes in a stored config, with its option
+EXTENDABLE = {"study.n_trials": "--n-trials", "study.target": "--target", "study.patience": "--patience",
+              "study.max_hours": "--max-hours"}
+
+
+def _check_extended(storage: optuna.storages.RDBStorage, name: str, changes: list[tuple[str, Any, Any]]) -> None:
+    """A file that differs from the stored config only in what `tuner extend` changes is that study as launched
+    (extend changed it since), or a change to make with `tuner extend`: one line saying how."""
+    recorded = history(storage, storage.get_study_id_from_name(name), "extend")
+
+    def unset(key: str, value: Any) -> Any:  # a file leaves out patience/max_hours; extend records their 0
+        return None if key != "study.target" and not value else value
+
+    if recorded and all(unset(k, new) == unset(k, as_launched(recorded, k.split(".")[1], old))
+                        for k, old, new in changes):
+        return
+    def show(key: str, value: Any) -> Any:  # as the option takes it: no target is none, no patience is 0
+        return ("none" if key == "study.target" else 0) if value is None else value
+
+    stored = "; ".join(f"{k.split('.')[1]} = {show(k, old)}" for k, old, _ in changes)
+    says = "; ".join(f"{k.split('.')[1]} = {show(k, new)}" for k, _, new in changes)
+    options = " ".join(f"{EXTENDABLE[k]} {show(k, new)}" for k, _, new in changes)
+    raise TunerError(f"study {name!r} has {stored} and the file says {says}: to change that run `tuner extend "
+                     f"--study {name} {options}` (or put the stored values in the file)") from None
 
 
 ENQUEUED_ATTR = "enqueued"  # trial user attribute: where its given params came from ("study file", "tuner enqueue")
@@ -354,10 +364,11 @@ def study_status(storage: optuna.storages.RDBStorage, name: str) -> StudyStatus:
     used = spent(storage, study_id) if config.study.compute_budget else None
     budget = ", ".join(text for _, text in budget_parts(config.study, tally.finished, used))
     warm = storage.get_study_user_attrs(study_id).get(SUMMARY_ATTR) or {}
+    stopped = stop_reason(storage, study_id, config.study)
     return StudyStatus(name=name, n_trials=config.study.n_trials, counts=counts, best_value=best,
                        direction=config.study.direction, checkpoint_bytes=checkpoint_place(storage, name).size(),
                        budget=budget, front_size=front, best_trial=best_number,
-                       ended=study_done(storage, study_id, config, tally),
+                       ended=stopped or study_done(storage, study_id, config, tally), stopped=stopped,
                        epochs_trained=used.epochs if used else None,
                        device_hours=round(used.hours, 6) if used else None, imported=tally.imported,
                        warm_start_from=tuple(warm.get("from", ())) if tally.imported else ())

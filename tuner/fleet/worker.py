@@ -23,6 +23,7 @@ from tuner.fleet.asha import PAUSED_ATTR, AshaPruner, make_asha_pruner, promotab
 from tuner.fleet.pbt import MEMBER_ATTR, PbtPruner, make_pbt_pruner, members_started, next_generation, queue_generation
 from tuner.store.budget import budget_lock, can_start, trial_counts
 from tuner.fleet.compute import TrialCompute, study_done
+from tuner.fleet.stopping import WallClock, has_stops
 from tuner.spec.config import StudyConfig
 from tuner.errors import Interrupted, TrialFailed, TunerError
 from tuner.fleet.lifecycle import current_config
@@ -126,6 +127,7 @@ class Worker:
         self.on_epoch, self.on_trial = on_epoch, on_trial
         self.signals = _Signals()
         self.compute: dict[int, TrialCompute] = {}  # trial id -> its claims, from ask until it runs
+        self.clocks: dict[int, WallClock] = {}  # trial id -> its max_hours check, from ask until it runs
 
     def run(self, study_name: str | None) -> int:
         """Serve one study (or every unfinished one, oldest first); returns the process exit code."""
@@ -148,7 +150,7 @@ class Worker:
             config = stored_config(config_storage, name)
             study_id = config_storage.get_study_id_from_name(name)
             self.place = study_place(config_storage.get_study_user_attrs(study_id), name)  # where its checkpoints go
-            why = self._with_retry(lambda: study_done(config_storage, study_id, config), "count trials")
+            why = self._with_retry(lambda: _done_now(config_storage, study_id, config), "count trials")
         if why:  # say so, before loading any data for it
             _log.info("%s", complete_message(name, why))
             return
@@ -193,7 +195,7 @@ class Worker:
         with budget_lock(storage, study_id):
             config = current_config(storage, study_id, config)  # `tuner extend` may have changed n_trials
             counts = trial_counts(storage, study_id)
-            if study_done(storage, study_id, config, counts):
+            if study_done(storage, study_id, config, counts, record=True):  # the first to see a stop records it
                 return None
             failures = objective_failures(storage, study_id) if counts["FAIL"] else 0
             if failures >= config.study.max_failures:
@@ -215,6 +217,8 @@ class Worker:
             if config.study.compute_budget:  # under the same lock that saw the budget not spent
                 self.compute[trial._trial_id] = TrialCompute(storage, study_id, trial._trial_id, config.study)
                 self.compute[trial._trial_id].claim_first()
+            if config.study.max_hours:
+                self.clocks[trial._trial_id] = WallClock(storage, study_id, trial._trial_id, config.study)
             return trial
 
     def _continue_paused(self, study: optuna.Study, config: StudyConfig) -> bool:
@@ -253,8 +257,13 @@ class Worker:
         started = time.monotonic()
         state, value, reason = TrialState.COMPLETE, None, ""
 
+        clock = self.clocks.pop(trial._trial_id, None)
+
         def on_epoch(event) -> None:
             self.on_epoch(event)
+            # max_hours first: a trial the clock stops claims no epoch of the compute budget it would not train
+            if clock is not None:  # stops the trial once the study's time is up (TrialPruned)
+                clock.after_epoch(event.epoch, event.epochs, event.pruned)
             if compute is not None:  # claims the next epoch, or stops the trial (TrialPruned)
                 compute.after_epoch(event.epoch, event.epochs, event.pruned)
 
@@ -324,6 +333,16 @@ class Worker:
         _log.warning("trial %d was failed by another worker while this one was unresponsive; "
                      "dropping its result (its retry counts instead)", trial.number)
         self.on_trial(TrialEvent(study.study_name, trial.number, "LOST", None, "heartbeat lost"))
+
+
+def _done_now(storage: optuna.storages.RDBStorage, study_id: int, config: StudyConfig) -> str:
+    """study_done as a worker starts; a stop condition it is the first to see is recorded, under the budget lock
+    (taken only then: a worker's first lock is otherwise the one before its first trial)."""
+    why = study_done(storage, study_id, config)
+    if not why or not has_stops(config.study):
+        return why
+    with budget_lock(storage, study_id):
+        return study_done(storage, study_id, config, record=True)
 
 
 def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:

@@ -14,12 +14,14 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec.config import StudyConfig
 from tuner.fleet.asha import CONTINUED_AT_ATTR, CONTINUES_ATTR
 from tuner.fleet.pbt import EXPLOITED_MEMBER_ATTR, MEMBER_ATTR
 from tuner.fleet.imported import is_imported
+from tuner.fleet.stopping import stop_reason
 from tuner.fleet.study import stored_config
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -79,6 +81,7 @@ class ReportSnapshot:
     taken_at: datetime.datetime  # naive UTC, like Optuna's timestamps
     study: optuna.Study  # in memory: the COMPLETE trials' params and values, for optuna.visualization
     imported: list[FrozenTrial] = dataclasses.field(default_factory=list)  # a warm start's (not in `trials`)
+    stopped: str = ""  # the stop condition (target, patience, max_hours) that ended the study, if one did
 
     @property
     def counts(self) -> dict[str, int]:
@@ -106,9 +109,11 @@ class ReportSnapshot:
 
     @property
     def unfinished(self) -> bool:
-        """Trials are running or queued, or no budget is spent yet (its workers may have stopped early)."""
+        """Trials are running or queued, or no budget is spent yet and no stop condition ended the study (its
+        workers may have stopped early)."""
         counts = self.counts
-        return bool(counts["RUNNING"] or counts["WAITING"]) or max(share for share, _ in self.budget()) < 1
+        spent = self.stopped or max(share for share, _ in self.budget()) >= 1
+        return bool(counts["RUNNING"] or counts["WAITING"]) or not spent
 
     @property
     def maximize(self) -> bool:
@@ -170,8 +175,9 @@ def take_snapshot(storage: optuna.storages.BaseStorage, name: str) -> ReportSnap
     trials = [t for t in trials if not is_imported(t)]
     memory = optuna.create_study(study_name=name, direction=config.study.direction, storage=_ReadOnlyMemory())
     memory.add_trials([_bare(t) for t in trials])
+    stopped = stop_reason(storage, study_id, config.study) if isinstance(storage, RDBStorage) else ""
     return ReportSnapshot(name=name, config=config, trials=trials, taken_at=taken_at, study=memory,
-                          imported=imported)
+                          imported=imported, stopped=stopped)
 
 
 def own_epochs(trial: FrozenTrial) -> int:

@@ -51,13 +51,15 @@ def _duration(seconds: float | None) -> str:
 def _banner(snapshot: ReportSnapshot) -> str:
     c = snapshot.counts
     spent = html.escape(", ".join(text for _, text in snapshot.budget()))  # e.g. 12/20 trials, 40/100 epochs
+    # a stop condition (target, patience, max_hours) ends a study before its budget is spent: say which
+    stopped = f' <span id="stopped">Stopped: {html.escape(snapshot.stopped)}.</span>' if snapshot.stopped else ""
     if snapshot.unfinished:
         head = ("This study is still running" if c["RUNNING"] or c["WAITING"] else
                 "This study is not finished (no trial is running or waiting right now)")
         return (f'<p class="banner" id="running"><b>{head}</b>: budget spent {spent} ({len(snapshot.finished)} '
-                f'trials finished), {c["RUNNING"]} running, {c["WAITING"]} waiting. This report is a snapshot taken '
-                f'{snapshot.taken_at:%Y-%m-%d %H:%M} UTC.</p>')
-    return f'<p id="finished">Finished: {len(snapshot.finished)} trials (budget spent {spent}).</p>'
+                f'trials finished), {c["RUNNING"]} running, {c["WAITING"]} waiting.{stopped} This report is a '
+                f'snapshot taken {snapshot.taken_at:%Y-%m-%d %H:%M} UTC.</p>')
+    return f'<p id="finished">Finished: {len(snapshot.finished)} trials (budget spent {spent}).{stopped}</p>'
 
 
 def _summary(snapshot: ReportSnapshot) -> str:

@@ -35,8 +35,9 @@ class Checker:
                 if f.default is dataclasses.MISSING:
                     raise TunerError(f"{self.source}: {where}.{name} is required")
                 continue
-            values[name] = self.typed(data[name], type(f.default) if f.default is not dataclasses.MISSING else str,
-                                      f"{where}.{name}")
+            if f.default is None and data[name] is None:  # an optional value, stored as null (TOML has none)
+                continue
+            values[name] = self.typed(data[name], _kind(f), f"{where}.{name}")
         return cls(**values)
 
     def typed(self, value: Any, kind: type, where: str) -> Any:
@@ -75,3 +76,14 @@ class ConstantChecker(Checker):
 
     def fail(self, where: str, message: str, value: Any) -> TunerError:
         return super().fail(self.where, message, value)
+
+
+def _kind(f: dataclasses.Field) -> type:
+    """What a key's value must be: its default's type; no default: a string (study.name); a default of None: a
+    number where the field is `float | None` (study.target), else anything, left to the section's own check
+    (study.warm_start's names and tables)."""
+    if f.default is dataclasses.MISSING:
+        return str
+    if f.default is None:
+        return float if str(f.type).startswith("float") else object
+    return type(f.default)

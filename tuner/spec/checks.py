@@ -123,6 +123,28 @@ def _check_warm_start(c: Checker, study: StudySection) -> StudySection:
     return dataclasses.replace(study, warm_start=sources)
 
 
+# Stopping when done: study.target / patience / max_hours (tuner.fleet.stopping), a block of its own.
+def check_stopping(c: Checker, study: StudySection, given: Any, *, zero_is_none: bool) -> None:
+    """The stop conditions' values. `given`: the keys set (a file's [study] table, or extend's options);
+    zero_is_none: 0 means "none" even where given (a stored config, `tuner extend --patience 0`), else a file
+    that writes 0 is told to leave the key out."""
+    if study.target is not None:
+        if study.multi_objective:
+            raise c.fail("study.target", "needs one objective (with study.objectives no single value reaches it)",
+                         study.target)
+        if study.metric == "val_accuracy" and not 0 <= study.target <= 1:
+            raise c.fail("study.target", "must be between 0 and 1 for val_accuracy", study.target)
+        if study.metric == "val_loss" and study.target < 0:
+            raise c.fail("study.target", "must be >= 0 for val_loss", study.target)
+    if study.patience and study.multi_objective:
+        raise c.fail("study.patience", "needs one objective (a Pareto front has no single best to improve on)",
+                     study.patience)
+    strict = "patience" in given and not zero_is_none
+    c.at_least(study.patience, 1 if strict else 0, "study.patience")
+    if study.max_hours < 0 or (study.max_hours == 0 and "max_hours" in given and not zero_is_none):
+        raise c.fail("study.max_hours", "must be > 0 (leave it out for no time limit)", study.max_hours)
+
+
 def _check_task_data(c: Checker, task: TaskSection) -> None:
     """What the dataset and model need: weights a backbone can load, a data folder, sizes that can train."""
     if task.weights != "none" and task.model == "cnn":
@@ -152,6 +174,7 @@ def check_study(c: Checker, raw: Any, sections: dict[str, Any]) -> StudySection:
     c.at_least(study.max_failures, 0, "study.max_failures")
     c.at_least(study.keep_best, 1, "study.keep_best")
     study = _check_warm_start(c, study)
+    check_stopping(c, study, raw, zero_is_none=stored)
     return study
 
 

@@ -79,6 +79,10 @@ class StudySection:
     warm_start: Any = None
     warm_start_top: int = 0  # > 0: re-train the top K fitting configs instead (queued, in the budget); no import
     warm_start_counts_as_best: bool = False  # imported trials may be the study's best (they have no weights here)
+    # Stopping when done (tuner.fleet.stopping): each ends the study like a spent budget; `tuner extend` lifts it.
+    target: float | None = None  # a COMPLETE trial reached this value (maximize: >=, minimize: <=); None: none
+    patience: int = 0  # this many finished trials in a row (in order of completion) without a new best; 0: none
+    max_hours: float = 0.0  # wall-clock hours since the first trial started; running trials stop too; 0: none
 
     @property
     def multi_objective(self) -> bool:
@@ -151,6 +155,13 @@ class StudyConfig:
         out: dict[str, Any] = {key: dataclasses.asdict(getattr(self, key)) for key in ("study", "task", "worker")}
         for key in ("objectives", "directions", "warm_start"):  # TOML and JSON have lists, not tuples
             out["study"][key] = list(out["study"][key])
+        # Stop conditions that are not set are left out, as a file leaves them out: `patience = 0` is a mistake in
+        # a file, and TOML has no null (a target of 0 is a target)
+        if out["study"]["target"] is None:
+            del out["study"]["target"]
+        for key in ("patience", "max_hours"):
+            if not out["study"][key]:
+                del out["study"][key]
         out["pruner"] = dict(self.pruner)
         out["space"] = {p.name: _param_to_dict(p) for p in self.space}
         if self.enqueue:

@@ -55,6 +55,7 @@ def dump_toml(data: dict[str, dict[str, Any]]) -> str:
             continue
         if not isinstance(values, dict):
             raise TypeError(f"top-level {table!r} must be a table, got {values!r}")
-        lines = [f"[{_key(table)}]"] + [f"{_key(k)} = {_value(v)}" for k, v in values.items()]
+        # None is "not set" (study.target): TOML has no null, a key left out says it
+        lines = [f"[{_key(table)}]"] + [f"{_key(k)} = {_value(v)}" for k, v in values.items() if v is not None]
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
