@@ -150,6 +150,13 @@ def test_three_workers_on_postgresql_spend_exactly_the_epoch_budget(pg_url, tmp_
     assert sum(t.user_attrs.get("epochs_trained", 0) for t in trials) == 18
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
     assert_lineages_are_consistent(study, 4)
+    # a promotion's start line says what it is; none is called a retry (no worker failed here)
+    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
+    promoted = [t for t in trials if "continues" in t.user_attrs]
+    assert promoted and "retry of" not in logs
+    for t in promoted:
+        assert (f"trial {t.number} started (promoted: continues trial {t.user_attrs['continues']} after epoch "
+                f"{t.user_attrs['continued_at_epoch']})") in logs
 
 
 def test_two_slots_on_sqlite_start_exactly_n_trials_configurations(sqlite_url, tmp_path):

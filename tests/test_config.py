@@ -104,3 +104,11 @@ def test_missing_file_and_bad_toml_are_one_line(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(TunerError, match="not valid TOML"):
         load_config(write(tmp_path, "[study\nname="))
+
+
+def test_fixed_params_read_as_a_trial_trains_with_them():
+    """The report's best-trial table lists them: batch_size's stored 0 ("not searched") is task.batch_size."""
+    config = parse_config({"study": {"name": "x"}, "task": {"batch_size": 48},
+                           "space": {"lr": {"low": 1e-3, "high": 1e-1}, "width": 8}}, "test")
+    fixed = config.fixed()
+    assert fixed["batch_size"] == 48 and fixed["width"] == 8 and "lr" not in fixed

@@ -279,6 +279,13 @@ def test_a_digits_export_predicts_digits_as_scikit_learn_gives_them_and_refuses_
     assert torch.equal(exported.predict(torch.from_numpy(stored)[:, None]), expected)  # a (N, C, H, W) tensor
     with pytest.raises(TypeError, match="uint8 pixels 0-255, got a float64 array"):
         exported.predict(digits.images / 16)  # scaled to 0-1: refused, not silently at chance
+    # one image, as a scikit-learn user passes it: (8, 8), a flat row of 64, uint8 flat rows of 0-255 pixels
+    assert exported.predict(digits.images[3]).tolist() == [expected[3]]
+    assert exported.predict(digits.data[3]).tolist() == [expected[3]]
+    assert exported.predict(stored[3]).tolist() == [expected[3]]
+    assert torch.equal(exported.predict(stored.reshape(-1, 64)), expected)
+    with pytest.raises(ValueError, match="got shape \\(2, 3, 4, 5, 6\\)"):
+        exported.predict(np.zeros((2, 3, 4, 5, 6), np.uint8) + 200)
 
 
 def test_a_last_training_batch_of_one_image_joins_the_one_before_so_batch_norm_trains(cache):

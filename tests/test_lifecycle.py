@@ -5,6 +5,7 @@ Real PostgreSQL, real worker processes, real checkpoint files.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -317,6 +318,24 @@ def test_removing_a_folder_outside_the_checkpoint_root_is_refused(tmp_path):
         StudyPlace(tmp_path / "root", ".").remove()
     assert (outside / "0").is_dir()
     assert StudyPlace(tmp_path / "root", "inside").remove() == 0  # inside the root: removed (here: nothing there)
+
+
+def test_delete_of_a_study_whose_folder_is_outside_the_root_refuses_before_removing_anything(sqlite_url, tmp_path):
+    """A tampered (or pre-check legacy) folder key: `tuner delete` says so in one line, and the study stays in the
+    database as well as the outside folder on disk, so nothing is half deleted."""
+    env = tuner_env(sqlite_url, tmp_path)
+    assert tuner("launch-study", str(study_file(tmp_path, "tampered")), env=env).returncode == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "SENTINEL").write_text("keep me")
+    storage = optuna.storages.RDBStorage(sqlite_url)
+    storage.set_study_user_attr(storage.get_study_id_from_name("tampered"), "tuner_uuid", "../victim")
+    storage.engine.dispose()
+    assert_one_line_error(tuner("delete", "--study", "tampered", "--yes", env=env), "not inside the checkpoint root")
+    assert optuna.get_all_study_names(storage=sqlite_url) == ["tampered"]
+    assert (victim / "SENTINEL").read_text() == "keep me"
+    status = tuner("status", "--study", "tampered", "--format", "json", env=env)
+    assert status.returncode == 0 and json.loads(status.stdout)[0]["checkpoint_bytes"] is None  # not measured there
 
 
 def test_extending_a_study_whose_compute_budget_is_spent_is_one_line_and_changes_nothing(sqlite_url, tmp_path,

@@ -123,6 +123,12 @@ def test_three_workers_on_postgresql_train_the_population_to_the_exact_epoch_bud
     _assert_population_trained(study, 4, 4)
     exploits = [t for t in study.get_trials() if "exploited_trial" in t.user_attrs]
     assert len(exploits) == 3  # one bottom member in each of the three generations (epochs 1, 2, 3)
+    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
+    assert "retry of" not in logs  # a segment is not a retry, and its start line says whose weights it took
+    for t in exploits:
+        assert (f"trial {t.number} started (PBT member {t.user_attrs['pbt_member']}, continues trial "
+                f"{t.user_attrs['continues']} after epoch {t.user_attrs['continued_at_epoch']}, weights of member "
+                f"{t.user_attrs['exploited_member']})") in logs
     best = json.loads(tuner("best", "--study", "pbt-three", "--format", "json", env=env).stdout)
     assert best["trial"] == study.best_trial.number
     assert [s["to_epoch"] for s in best["schedule"]] == [1, 2, 3, 4]

@@ -219,6 +219,19 @@ def test_a_retry_chain_counts_its_epochs_once_and_failed_attempts_stay_out_of_th
     assert (s.seconds_trained, s.seconds_without_pruning, s.seconds_saved) == (2 * 5 + 1 * 2, 2 * 5 + 1 * 5, 3)
 
 
+def test_a_schedule_that_trains_every_configuration_to_the_end_saves_no_device_time():
+    """PBT: a member's segments are trials of their own, each with its own start-up time, so their seconds per
+    epoch differ; the estimate is per configuration (lineage), so training everything to the end saves 0."""
+    from tuner.report.data import pruning_savings
+
+    first = _trial(0, TrialState.PRUNED, [0.5], paused_at_epoch=1, wall_time_s=3.0)  # 3 s for its epoch
+    second = _trial(1, TrialState.COMPLETE, [0.5, 0.6], lineage=0, continues=0, continued_at_epoch=1,
+                    resumed_from_epoch=1, wall_time_s=1.0)  # 1 s for its own epoch
+    s = pruning_savings([first, second], epochs_per_trial=2)
+    assert (s.trials, s.epochs_trained, s.epochs_saved) == (1, 2, 0)
+    assert (s.seconds_trained, s.seconds_without_pruning, s.seconds_saved) == (4.0, 4.0, 0.0)
+
+
 def test_the_pareto_front_keeps_each_smallest_model_that_is_better_than_every_smaller_one():
     from tuner.report.data import size_front
 

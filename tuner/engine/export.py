@@ -74,7 +74,7 @@ class Exported:
         from tuner.data.sources import fit_image
 
         p = self.preprocessing
-        pictures = _as_pil_images(images, self.config.task.dataset)
+        pictures = _as_pil_images(images, self.config.task.dataset, (p["channels"], p["stored_size"]))
         batch = np.stack([fit_image(image, p["stored_size"], p["channels"]) for image in pictures])
         # evaluation's own centre crop and normalisation, as the validation batches had them
         return Augment("none", p["stored_size"], p["train_size"], p["mean"], p["std"]).eval(torch.from_numpy(batch))
@@ -83,7 +83,7 @@ class Exported:
     def predict(self, images: Any) -> torch.Tensor:
         """Class indices (an int64 tensor, one per image; `classes[i]` names them). Takes images as they are
         stored: a PIL image or a path (or a list of them), or uint8 pixels 0-255 as a numpy array or torch tensor,
-        (N, H, W), (N, H, W, C) or (N, C, H, W). A float array is refused (its scale is a guess), as is a uint8
+        (N, H, W), (N, H, W, C) or (N, C, H, W), one (H, W) image, or flat rows of H*W*C pixels. A float array is refused (its scale is a guess), as is a uint8
         one whose values stop at 1 or 16 (not 0-255 images) — except for a digits export, which takes
         scikit-learn's digits as load_digits() gives them (0-16, `.images` or `.data`) and scales them itself."""
         return self.model(self.preprocess(images)).argmax(1)
@@ -92,8 +92,9 @@ class Exported:
 DIGITS_MAX = 16  # scikit-learn's digits: pixel values 0..16 (tuner.data.sources scales them to 0..255)
 
 
-def _as_pil_images(images: Any, dataset: str) -> list:
-    """What predict() accepts, as PIL images; anything that would silently be wrong is one clear error."""
+def _as_pil_images(images: Any, dataset: str, stored: tuple[int, int]) -> list:
+    """What predict() accepts, as PIL images; anything that would silently be wrong is one clear error.
+    `stored`: (channels, side) of the images the model was trained on, to read one image or flat rows."""
     from PIL import Image
 
     if isinstance(images, (Image.Image, str, Path)):
@@ -106,7 +107,7 @@ def _as_pil_images(images: Any, dataset: str) -> list:
             images = images.transpose(0, 2, 3, 1)
     if isinstance(images, np.ndarray):
         return [Image.fromarray(x.squeeze(-1) if x.ndim == 3 and x.shape[-1] == 1 else x)
-                for x in _pixels(images, dataset)]
+                for x in _batch(_pixels(images, dataset), stored)]
     out = []
     for image in images:
         if isinstance(image, (str, Path)):
@@ -119,11 +120,26 @@ def _as_pil_images(images: Any, dataset: str) -> list:
     return out
 
 
+def _batch(images: np.ndarray, stored: tuple[int, int]) -> np.ndarray:
+    """(N, H, W[, C]) from one image or flat rows: a 2-D array is one (H, W) image, unless its rows are flat images
+    of the trained size (load_digits().data); a 1-D array is one flat image. Anything else is one clear error."""
+    channels, side = stored
+    flat = channels * side * side
+    if images.ndim == 1 and images.size == flat:
+        return images.reshape((1, side, side, channels) if channels > 1 else (1, side, side))
+    if images.ndim == 2 and images.shape[1] == flat and images.shape != (side, side):
+        return images.reshape((-1, side, side, channels) if channels > 1 else (-1, side, side))
+    if images.ndim == 2:
+        return images[None]
+    if images.ndim not in (3, 4):
+        raise ValueError(f"predict() takes images shaped (N, H, W), (N, H, W, C), (N, C, H, W), one (H, W) image "
+                         f"or flat rows of {flat} pixels; got shape {images.shape}")
+    return images
+
+
 def _pixels(images: np.ndarray, dataset: str) -> np.ndarray:
-    """uint8 (N, H, W[, C]) pixels 0-255, from what the caller passed."""
+    """uint8 pixels 0-255, from what the caller passed (any shape; _batch reads it)."""
     if dataset == "digits" and images.size and images.min() >= 0 and 1 < images.max() <= DIGITS_MAX:
-        if images.ndim == 2 and images.shape[1] == 64:  # load_digits().data: flat rows
-            images = images.reshape(-1, 8, 8)
         return np.round(images.astype(np.float64) * (255 / DIGITS_MAX)).astype(np.uint8)
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)  # (N, C, H, W), as a dataset loader returns them

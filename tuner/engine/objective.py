@@ -22,8 +22,9 @@ from tuner.data.loader import Batches, open_batches
 from tuner.engine.device import is_out_of_memory, resolve_precision, setup_device
 from tuner.errors import TrialFailed
 from tuner.engine.models import build_model, count_nonzero, count_parameters
-from tuner.fleet.asha import PAUSED_ATTR, CONTINUES_ATTR
+from tuner.fleet.asha import CONTINUED_AT_ATTR, CONTINUES_ATTR, PAUSED_ATTR
 from tuner.fleet.lineage import lineage_number
+from tuner.fleet.pbt import EXPLOITED_MEMBER_ATTR, MEMBER_ATTR
 from tuner.store.place import study_place
 from tuner.spec.space import HParams, describe_params, suggest_hparams
 from tuner.engine.teacher import load_teacher
@@ -76,6 +77,23 @@ def make_objective(config: StudyConfig, device: torch.device) -> Objective:
     return objective
 
 
+def _origin(trial: optuna.Trial) -> str:
+    """What the start line says of where a trial comes from: a retry, an ASHA promotion or a PBT segment (which
+    continue a paused trial: not retries, and `tuner status` does not count them as such), or nothing."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)  # Optuna 5's Trial has no system_attrs
+    attrs, retried = frozen.user_attrs, frozen.system_attrs.get("failed_trial")  # Optuna's retry mark
+    if retried is not None:
+        return f" (retry of trial {retried})"
+    if CONTINUES_ATTR in attrs:
+        after = f" after epoch {attrs[CONTINUED_AT_ATTR]}" if CONTINUED_AT_ATTR in attrs else ""
+        if MEMBER_ATTR in attrs:
+            donor = attrs.get(EXPLOITED_MEMBER_ATTR)
+            took = f", weights of member {donor}" if donor is not None else ""
+            return f" (PBT member {attrs[MEMBER_ATTR]}, continues trial {attrs[CONTINUES_ATTR]}{after}{took})"
+        return f" (promoted: continues trial {attrs[CONTINUES_ATTR]}{after})"
+    return ""
+
+
 def run_trial(
     trial: optuna.Trial,
     config: StudyConfig,
@@ -90,8 +108,7 @@ def run_trial(
     hp = suggest_hparams(trial, config.space)
     lineage = lineage_number(trial)
     # Logged here, not by the worker: only now, after sampling, are the params known.
-    retry = f" (retry of trial {lineage})" if lineage != trial.number else ""
-    _log.info("trial %d started%s: %s", trial.number, retry, describe_params(trial.params))
+    _log.info("trial %d started%s: %s", trial.number, _origin(trial), describe_params(trial.params))
     seed = config.study.seed + lineage  # same trial (or its retry) -> same init, same batches
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process (slot, host) ran it
     model, precision = _build_on_device(trial, config, data, device, hp, seed)

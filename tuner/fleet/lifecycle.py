@@ -54,6 +54,7 @@ def delete_study(storage: optuna.storages.RDBStorage, name: str) -> DeletePlan:
     """Remove the study from the database (optuna.delete_study), then its checkpoint folder.
     Returns what was removed (checkpoint_bytes: the bytes freed)."""
     plan = plan_delete(storage, name)
+    plan.place.check_removable()  # before the rows go: a refused folder leaves the study whole, to be fixed
     optuna.delete_study(study_name=name, storage=storage)
     return dataclasses.replace(plan, checkpoint_bytes=plan.place.remove())
 

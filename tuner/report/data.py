@@ -21,6 +21,7 @@ from tuner.spec.config import StudyConfig
 from tuner.fleet.asha import CONTINUED_AT_ATTR, CONTINUES_ATTR
 from tuner.fleet.pbt import EXPLOITED_MEMBER_ATTR, MEMBER_ATTR
 from tuner.fleet.imported import is_imported
+from tuner.fleet.lineage import lineage_number
 from tuner.fleet.stopping import stop_reason
 from tuner.fleet.study import stored_config
 
@@ -206,22 +207,28 @@ def pruning_savings(trials: list[FrozenTrial], epochs_per_trial: int) -> Savings
     be without failures; the failed attempts themselves and RUNNING trials are left out on both sides (pruning
     changes neither). Without pruning each of these trials would have trained `epochs_per_trial` epochs.
 
-    Device time is estimated per trial from its own seconds per epoch (its wall_time_s over the epochs it
-    trained itself), or the median of the others' when it recorded none.
+    Device time is estimated per configuration (a trial with its retries, promotions and PBT segments, which
+    share its lineage): without pruning, its measured seconds per epoch (its attempts' wall time over the epochs
+    they trained themselves) times `epochs_per_trial`; a configuration that trained no epoch (infeasible) takes
+    the median of the others' seconds per epoch. So a schedule that trains every configuration to the end (PBT)
+    saves exactly nothing, however its time splits into segments.
     """
     finished = [t for t in trials if t.state in FINISHED]
-    per_epoch = {t.number: _seconds_per_epoch(t) for t in finished}
-    known = [s for s in per_epoch.values() if s is not None]
-    fallback = statistics.median(known) if known else None
-    trained = without = 0.0
+    seconds: dict[int, float] = collections.defaultdict(float)  # lineage -> measured seconds of its epochs
+    epochs: dict[int, int] = collections.defaultdict(int)  # lineage -> epochs it trained
     for t in finished:
-        seconds = per_epoch[t.number] if per_epoch[t.number] is not None else fallback
-        if seconds is not None:
-            trained += seconds * _lineage_epochs(t)
-            without += seconds * epochs_per_trial * _starts_a_config(t)
+        rate = _seconds_per_epoch(t)
+        if rate is not None:
+            seconds[lineage_number(t)] += rate * _lineage_epochs(t)
+            epochs[lineage_number(t)] += _lineage_epochs(t)
+    rates = [seconds[k] / epochs[k] for k in seconds if epochs[k]]
+    fallback = statistics.median(rates) if rates else None
+    configs = {lineage_number(t) for t in finished}
+    without = sum(seconds[k] / epochs[k] if epochs[k] else fallback or 0.0 for k in configs) * epochs_per_trial
     return Savings(trials=sum(_starts_a_config(t) for t in finished), epochs_per_trial=epochs_per_trial,
                    epochs_trained=sum(_lineage_epochs(t) for t in finished),
-                   seconds_trained=trained if known else None, seconds_without_pruning=without if known else None)
+                   seconds_trained=sum(seconds.values()) if rates else None,
+                   seconds_without_pruning=without if rates else None)
 
 
 def size_front(trials: list[FrozenTrial], maximize: bool) -> list[ParetoPoint]:

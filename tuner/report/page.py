@@ -72,7 +72,7 @@ def _summary(snapshot: ReportSnapshot) -> str:
         parts.append('<p class="note" id="no-complete">No COMPLETE trial yet: there is no best value, and the plots '
                      'that need finished results are left out below.</p>')
     else:
-        fixed = {p.name: p.value for p in snapshot.config.space if p.value is not None}
+        fixed = snapshot.config.fixed()
         rows = [[_e(k), _number(v)] for k, v in best.params.items()]
         rows += [[f"{_e(k)} (fixed)", _number(v)] for k, v in fixed.items()]
         for attr in ("param_count", "trainable_params", "epochs_run"):

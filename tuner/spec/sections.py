@@ -172,5 +172,11 @@ class StudyConfig:
         """The parameters the sampler chooses (not fixed to one value), by name."""
         return {p.name: p for p in self.space if p.value is None}
 
+    def fixed(self) -> dict[str, Any]:
+        """The parameters the study fixes, with the value a trial trains with: batch_size's 0 ("not set")
+        reads as task.batch_size."""
+        return {p.name: self.task.batch_size if (p.name, p.value) == ("batch_size", 0) else p.value
+                for p in self.space if p.value is not None}
+
     def param(self, name: str) -> ParamSpec:
         return next(p for p in self.space if p.name == name)

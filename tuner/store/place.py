@@ -50,12 +50,18 @@ class StudyPlace:
         return {int(p.name): p for p in entries if p.name.isdigit() and p.is_dir()}
 
     def size(self) -> int | None:
-        """Bytes under the study's folder; None when this host has no such folder."""
-        return tree_size(self.path) if self.path.is_dir() else None
+        """Bytes under the study's folder; None when this host has no such folder (or the key climbs out of the
+        root: what is there is not the study's)."""
+        return tree_size(self.path) if self.path.is_dir() and _strictly_inside(self.path, self.root) else None
+
+    def check_removable(self) -> None:
+        """One TunerError unless the folder is strictly inside the root: a key that climbs out of it (an old
+        study's name such as "../x", from before names were checked, or an edited uuid) is refused."""
+        if not _strictly_inside(self.path, self.root):
+            raise TunerError(f"refusing to delete {self.path}: it is not inside the checkpoint root {self.root}")
 
     def remove(self) -> int:
-        """Delete the study's folder; returns the bytes freed. Only a folder strictly inside the root: a key that
-        climbs out of it (an old study's name such as "../x", from before names were checked) is refused."""
+        """Delete the study's folder (check_removable first); returns the bytes freed."""
         return remove_tree(self.path, inside=self.root)
 
 
@@ -77,6 +83,12 @@ def study_place(attrs: dict[str, Any], name: str) -> StudyPlace:
     return StudyPlace(root, attrs.get(UUID_ATTR) or name)
 
 
+def _strictly_inside(path: Path, root: Path) -> bool:
+    """Whether `path` resolves (links followed) to something below `root`, not to the root itself."""
+    resolved, root = Path(path).resolve(), Path(root).resolve()
+    return resolved != root and root in resolved.parents
+
+
 def tree_size(path: Path) -> int:
     """Bytes of the regular files under path (0 if it is gone; files vanishing meanwhile are skipped)."""
     total = 0
@@ -92,10 +104,8 @@ def tree_size(path: Path) -> int:
 def remove_tree(path: Path, inside: Path | None = None) -> int:
     """rmtree that tolerates a concurrent remover (another worker's sweep); returns the bytes freed. With
     `inside`, a path that does not resolve to a folder strictly below it raises TunerError instead."""
-    if inside is not None:
-        resolved, root = Path(path).resolve(), Path(inside).resolve()
-        if resolved == root or root not in resolved.parents:
-            raise TunerError(f"refusing to delete {path}: it is not inside the checkpoint root {inside}")
+    if inside is not None and not _strictly_inside(path, inside):
+        raise TunerError(f"refusing to delete {path}: it is not inside the checkpoint root {inside}")
     before = tree_size(path)
     shutil.rmtree(path, ignore_errors=True)
     return before - tree_size(path)
