@@ -9,13 +9,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import psutil
 from optuna.trial import TrialState
 
-from conftest import load, study_file, tuner, tuner_env, wait_for
+from conftest import BudgetLockHold, load, study_file, tuner, tuner_env, wait_for
 
 RELAXED_RECOVERY = "heartbeat_interval = 2\ngrace_period = 30\nreaper_period = 2"
 # Fixed params, ~0.3-1 s per epoch on one CPU thread: two slots' trials overlap for seconds.
@@ -28,10 +29,10 @@ def start_slots(study: str, env: dict[str, str], log: Path, slots: int = 2) -> s
 
 
 def launch_steady(pg_url: str, tmp_path: Path, name: str, *, n_trials: int, epochs: int,
-                  worker: str = RELAXED_RECOVERY) -> tuple[dict[str, str], Path]:
+                  worker: str = RELAXED_RECOVERY, extra: str = "") -> tuple[dict[str, str], Path]:
     """A study of fixed, steady trials, launched; returns (its env, a worker log path)."""
     path = study_file(tmp_path, name, n_trials=n_trials, epochs=epochs, space=STEADY_TRIAL, pruner='type = "none"',
-                      worker=worker)
+                      worker=worker, extra=extra)
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
     return env, tmp_path / f"{name}.log"
@@ -115,14 +116,32 @@ def test_a_slot_killed_behind_the_parents_back_is_replaced_and_the_study_finishe
     """SIGKILL to one slot (as the kernel's out-of-memory killer would): the parent starts a new one, the dead
     slot's trial is failed by a reaper and retried, the budget is exact and the parent exits 0."""
     fast = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
-    env, log = launch_steady(pg_url, tmp_path, "oomkill", n_trials=4, epochs=6, worker=fast)
+    # max_epochs (never reached) makes every epoch a claim under the budget lock, which the test holds and lets
+    # go one step at a time: a slot mid-trial is caught however fast the machine trains (see
+    # kill_worker_while_it_trains), frozen, and killed if its trial is still RUNNING.
+    env, log = launch_steady(pg_url, tmp_path, "oomkill", n_trials=4, epochs=6, worker=fast, extra="max_epochs = 100")
+    hold = BudgetLockHold(pg_url, "oomkill")
     proc = start_slots("oomkill", env, log)
     try:
-        wait_for(lambda: training(pg_url, "oomkill"), 300, "a trial to train an epoch")
-        victim = psutil.Process(proc.pid).children()[0]
-        victim.send_signal(signal.SIGKILL)
+        victim = None
+        deadline = time.monotonic() + 300
+        while victim is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "no slot was caught mid-trial"
+            for trial in training(pg_url, "oomkill"):
+                slot = psutil.Process(int(trial.user_attrs["worker"].rsplit(":", 1)[1]))
+                slot.suspend()
+                if load(pg_url, "oomkill").get_trials()[trial.number].state == TrialState.RUNNING:
+                    victim = slot
+                    victim.kill()  # SIGKILL, as the kernel's out-of-memory killer would
+                    break
+                slot.resume()
+            if victim is None:
+                hold.release()  # one waiting step goes through, and the test queues behind it
+                hold = BudgetLockHold(pg_url, "oomkill")
+        hold.release()  # the other slot's reaper takes the lock to fail the dead slot's trial
         code = proc.wait(timeout=600)
     finally:
+        hold.release()
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()

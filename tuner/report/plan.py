@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,7 +49,11 @@ def param_importances(snapshot: ReportSnapshot) -> dict[str, float] | None:
     params = snapshot.searched_params
     if len(snapshot.complete) < 2 or not params:
         return None
-    return optuna.importance.get_param_importances(snapshot.study, params=params)
+    with warnings.catch_warnings():
+        # PED-ANOVA's "Target and region quantiles select the same set of trials" (few trials, equal values):
+        # the importances it returns are then equal, which the plot shows; stderr is the user's, not Optuna's
+        warnings.simplefilter("ignore", UserWarning)
+        return optuna.importance.get_param_importances(snapshot.study, params=params)
 
 
 def plan_plots(snapshot: ReportSnapshot, importances: dict[str, float] | None) -> list[Plot]:
