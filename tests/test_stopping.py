@@ -19,7 +19,9 @@ from conftest import count_studies, load, start_worker, study_file, tuner, tuner
 from test_cli import assert_one_line_error
 from test_reliability import assert_clean_logs
 from tuner.errors import TunerError
-from tuner.fleet.stopping import Leg, holding_stop
+from tuner.fleet.history import append_history
+from tuner.fleet.stopping import LIFTED, Leg, holding_stop, stop_reason
+from tuner.store.budget import WARM_START_ATTR
 from tuner.spec.config import load_config
 from tuner.spec.toml_dump import dump_toml
 from tuner.store.storage import make_storage
@@ -75,15 +77,16 @@ def test_a_bad_stop_condition_is_refused_at_launch_and_nothing_is_stored(pg_url,
 
 # --- the rules, on trials made by hand ------------------------------------------------------------------------
 
-def _finished(study: optuna.Study, outcomes: list[float | None]) -> None:
+def _finished(study: optuna.Study, outcomes: list[float | None], user_attrs: dict | None = None,
+              at: datetime.datetime = datetime.datetime(2030, 1, 1)) -> None:
     """Finished trials, one second apart in order of completion: a value is COMPLETE, None is PRUNED."""
     known = len(study.get_trials(deepcopy=False))
     for i, value in enumerate(outcomes):
-        done = datetime.datetime(2030, 1, 1) + datetime.timedelta(seconds=known + i + 1)
+        done = at + datetime.timedelta(seconds=known + i + 1)
         study.add_trial(FrozenTrial(
             number=0, trial_id=0, state=TrialState.PRUNED if value is None else TrialState.COMPLETE, value=value,
             datetime_start=done - datetime.timedelta(seconds=1), datetime_complete=done, params={"x": 0.5},
-            distributions={"x": FloatDistribution(0, 1)}, user_attrs={}, system_attrs={},
+            distributions={"x": FloatDistribution(0, 1)}, user_attrs=dict(user_attrs or {}), system_attrs={},
             intermediate_values={1: 0.1}))
 
 
@@ -118,6 +121,35 @@ def test_patience_counts_finished_trials_after_the_best_in_order_of_completion(h
     assert stop(Leg(finished_before=7)) == ("", "")
     _finished(study, [0.1])
     assert stop(Leg(finished_before=7))[0] == "patience"
+
+
+def test_imported_trials_reach_no_target_spend_no_patience_and_start_no_clock(hand_made):
+    """A warm start's trials were trained elsewhere: the study stops on its own trials only."""
+    storage, study, rules = hand_made
+    sid = study._study_id
+    imported = {WARM_START_ATTR: "src"}
+    _finished(study, [0.9, None, None, None, None], imported, at=datetime.datetime(2000, 1, 1))  # long ago
+    strict = dataclasses.replace(rules, target=0.5, patience=3, max_hours=1.0)
+    assert holding_stop(storage, sid, strict, Leg()) == ("", "")
+    _finished(study, [0.4, None, None])  # own trials: the best (0.4) and two without a new one
+    assert holding_stop(storage, sid, strict, Leg()) == ("", "")
+    _finished(study, [None])
+    assert holding_stop(storage, sid, strict, Leg())[0] == "patience"
+    _finished(study, [0.5])
+    assert holding_stop(storage, sid, strict, Leg())[1].startswith("target reached: trial 9 ")
+
+
+def test_a_recorded_stop_is_final_until_lifted_and_reads_as_recorded(hand_made):
+    storage, study, rules = hand_made
+    sid = study._study_id
+    _finished(study, [0.5, None, None, None])
+    recorded = stop_reason(storage, sid, rules, record=True)
+    assert recorded.startswith("patience spent: 3 ")
+    _finished(study, [0.9, None])  # a trial still running at the stop ends with a new best, another after it
+    assert holding_stop(storage, sid, rules, Leg()) == ("", "")  # the rule alone would let the study go on
+    assert stop_reason(storage, sid, rules) == recorded  # but the study stays stopped, for the recorded reason
+    append_history(storage, sid, LIFTED, reason=recorded, finished_before=6, since="2031-01-01T00:00:00")
+    assert stop_reason(storage, sid, rules) == ""
 
 
 def test_a_target_is_reached_at_or_above_it_and_for_minimize_at_or_below(hand_made):
@@ -217,9 +249,12 @@ def test_patience_ends_a_three_worker_study(pg_url, tmp_path):
     states = _states(pg_url, "pat")
     assert 3 <= len(states) <= 5 and set(states) == {"PRUNED"}, states
     _assert_shown(pg_url, env, "pat", tmp_path, "patience spent: ")
-    assert f"patience spent: {len(states)} finished trials without a new best (none COMPLETE)" in \
-        _status(env, "pat")["stopped"]
-    assert [e["event"] for e in _history(pg_url, "pat")] == ["stopped"]
+    # status says the stop as it was recorded (trials running then finished after it: they are not recounted)
+    (stopped,) = _history(pg_url, "pat")
+    assert stopped["event"] == "stopped" and _status(env, "pat")["stopped"] == stopped["reason"]
+    counted = int(re.match(r"patience spent: (\d+) finished trials without a new best \(none COMPLETE\)",
+                           stopped["reason"]).group(1))
+    assert 3 <= counted <= len(states)
 
 
 def test_max_hours_ends_a_three_worker_study_and_stops_its_running_trials(pg_url, tmp_path):

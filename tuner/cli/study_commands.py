@@ -212,11 +212,13 @@ def _print_run_result(st, config, result, log_path, cpu: bool) -> None:
     """The end of `tuner run`: the best params (tested), the Pareto front, or why there are none."""
     from tuner.cli import ui
     from tuner.fleet.progress import complete_message
-    from tuner.fleet.study import best_trial, front_trials
+    from tuner.fleet.compute import study_done
+    from tuner.fleet.study import best_trial, front_trials, stored_config
 
     study = result.study
     if result.complete:  # the budget was spent before: no worker was started
         out.print(complete_message(study, result.complete))
+        _refuse_without_a_result(st, study)
         if result.first.best_trial is not None:
             ui.print_best(out, best_trial(st, study))
         return
@@ -226,7 +228,8 @@ def _print_run_result(st, config, result, log_path, cpu: bool) -> None:
         if log_path:
             ui.print_tail(err, log_path)
         raise TunerError(f"workers exited with codes {result.codes}; see {log_path or 'their log above'}")
-    out.print(f"finished in {result.elapsed_s:.0f} s")
+    why = study_done(st, st.get_study_id_from_name(study), stored_config(st, study))
+    out.print(f"finished in {result.elapsed_s:.0f} s" + (f" ({why})" if why else ""), markup=False)
     _refuse_without_a_result(st, study)
     if config.study.multi_objective:
         ui.print_front(out, config, front_trials(st, study))

@@ -63,7 +63,8 @@ def _refuse_same(source: optuna.storages.RDBStorage, to_url: str, name: str, new
 def _create(target: optuna.storages.RDBStorage, new: str, directions: list) -> int:
     """The copy's study (its id); a name that exists there is refused, and nothing is written."""
     exists = (f"study {new!r} already exists in {shown_url(target.url)}: nothing copied; name the copy with --as "
-              f"NEW, or delete that one first (tuner delete --study {new})")
+              f"NEW, or delete that one first (`tuner delete --study {new} --storage` with that --to database, "
+              "not the original's)")
     try:
         return target.create_new_study(directions, study_name=new)
     except optuna.exceptions.DuplicatedStudyError:  # never undone below: it is someone else's study

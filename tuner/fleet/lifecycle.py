@@ -12,7 +12,7 @@ import optuna
 
 from tuner.store.budget import Counts, budget_lock, trial_counts
 from tuner.fleet.compute import exhausted, spent
-from tuner.fleet.stopping import LIFTED, database_now, holding_stop
+from tuner.fleet.stopping import LIFTED, database_now, holding_stop, recorded_stop
 from tuner.spec.checker import Checker
 from tuner.spec.checks import check_stopping
 from tuner.spec.config import StudyConfig, StudySection, check_enqueued, parse_config
@@ -93,11 +93,12 @@ def _check_lower(name: str, counts: Counts, n_trials: int) -> None:
 
 def _lift(storage: optuna.storages.RDBStorage, study_id: int, study: StudySection, stops: dict[str, Any],
           counts: Counts) -> tuple[StudySection, str]:
-    """Lift the stop condition that holds with the new values, if one does: a reached target is cleared (one
-    given anew must not be reached already); patience and max_hours count afresh from now (a "stop lifted"
-    event: tuner.fleet.stopping.Leg)."""
+    """Lift the stop that ended the study (recorded in its history) or that holds with the new values: a reached
+    target is cleared (one given anew must not be reached already); patience and max_hours count afresh from
+    now (a "stop lifted" event: tuner.fleet.stopping.Leg)."""
     kind, why = holding_stop(storage, study_id, study)
-    if not why:
+    recorded = recorded_stop(storage.get_study_user_attrs(study_id))
+    if not why and not recorded:
         return study, ""
     if kind == "target":
         if "target" in stops:
@@ -105,8 +106,8 @@ def _lift(storage: optuna.storages.RDBStorage, study_id: int, study: StudySectio
                              "one not reached yet, or none")
         study = dataclasses.replace(study, target=None)
     since = database_now(storage).isoformat()
-    append_history(storage, study_id, LIFTED, reason=why, finished_before=counts.finished, since=since)
-    return study, why
+    append_history(storage, study_id, LIFTED, reason=why or recorded, finished_before=counts.finished, since=since)
+    return study, why or recorded
 
 
 def extend_study(storage: optuna.storages.RDBStorage, name: str, n_trials: int | None = None,

@@ -10,7 +10,9 @@
   Optuna's datetime_start (naive UTC) against the database's own clock in UTC, so no host's time zone matters.
 
 Workers check them under the budget lock before each trial (tuner.fleet.compute.study_done), and the first
-worker to see one records it once in the study's history ("stopped"). Target and patience let running trials
+worker to see one records it once in the study's history ("stopped"); from then on the study is stopped
+for that reason, as recorded, until `tuner extend` lifts it (a late trial's new best does not restart it). Only
+the study's own trials count: a warm start's imported ones reach no target and start no clock. Target and patience let running trials
 finish (their epochs are paid for, and they may set a new best); max_hours also stops them at their next epoch
 end (WallClock: PRUNED, `stop_reason` recorded), so the wall-clock promise holds. `tuner extend` lifts a stop
 (tuner.fleet.lifecycle): it records "stop lifted", after which patience and max_hours count afresh (Leg).
@@ -28,27 +30,32 @@ from sqlalchemy.engine import make_url
 
 from tuner.fleet.history import append_history, events
 from tuner.spec.config import StudySection
-from tuner.store.budget import connection
+from tuner.store.budget import WARM_START_ATTR, connection
 
 STOPPED = "stopped"  # history event: a stop condition ended the study (with its reason)
 LIFTED = "stop lifted"  # history event: `tuner extend` lifted it (with the leg's baselines)
 STOP_ATTR = "stop_reason"  # user attribute of a trial that max_hours stopped mid-training
 
 _ORDER = "ORDER BY t.datetime_complete, t.trial_id"
+# A study stops on what it trained itself: a warm start's imported trials (trained elsewhere, never its best)
+# reach no target, spend no patience and start no clock.
+_OWN = ("NOT EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id "
+        f"AND a.key = '{WARM_START_ATTR}')")
 _REACHED = {  # the first COMPLETE trial, in order of completion, that reached the target
     "maximize": sqlalchemy.text(
         "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-        f"WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.value >= :target {_ORDER} LIMIT 1"),
+        f"WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.value >= :target AND {_OWN} {_ORDER} LIMIT 1"),
     "minimize": sqlalchemy.text(
         "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-        f"WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.value <= :target {_ORDER} LIMIT 1"),
+        f"WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.value <= :target AND {_OWN} {_ORDER} LIMIT 1"),
 }
 _FINISHED = sqlalchemy.text(
     "SELECT t.number, t.state, v.value FROM trials t "
     "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-    f"WHERE t.study_id = :sid AND t.state IN ('COMPLETE', 'PRUNED') {_ORDER}")
+    f"WHERE t.study_id = :sid AND t.state IN ('COMPLETE', 'PRUNED') AND {_OWN} {_ORDER}")
 _FIRST_START = sqlalchemy.text(
-    "SELECT min(datetime_start) AS first FROM trials WHERE study_id = :sid AND datetime_start >= :since"
+    f"SELECT min(t.datetime_start) AS first FROM trials t WHERE t.study_id = :sid AND t.datetime_start >= :since "
+    f"AND {_OWN}"
 ).bindparams(sqlalchemy.bindparam("since", type_=sqlalchemy.DateTime)).columns(first=sqlalchemy.DateTime)
 # The database's clock as naive UTC, like Optuna's timestamps (clock_timestamp: now() is the transaction's start)
 _NOW = {"postgresql": sqlalchemy.text("SELECT clock_timestamp() AT TIME ZONE 'UTC' AS now"),
@@ -137,17 +144,29 @@ def holding_stop(storage: optuna.storages.RDBStorage, study_id: int, study: Stud
     return "", ""
 
 
+def recorded_stop(attrs: dict[str, Any]) -> str:
+    """The reason of the stop the study's history holds, if no lift (or replaced config) came after it."""
+    for event in reversed(events(attrs)):
+        if event["event"] == STOPPED:
+            return event["reason"]
+        if event["event"] in (LIFTED, "replace"):
+            return ""
+    return ""
+
+
 def stop_reason(storage: optuna.storages.RDBStorage, study_id: int, study: StudySection, *,
                 record: bool = False) -> str:
-    """Why a stop condition ended the study ("" while none holds). record: the caller holds the budget lock;
-    the first worker to see the stop records it in the study's history, once per stop."""
+    """Why a stop condition ended the study ("" while none holds). A recorded stop is final until `tuner extend`
+    lifts it, and reads as it was recorded: a running trial that ends later with a new best does not restart
+    the study, and status does not recount the reason. record: the caller holds the budget lock; the first
+    worker to see the stop records it in the study's history, once per stop."""
+    if not has_stops(study):
+        return ""  # no query for a study without stop conditions (`tuner extend` lifts any it had)
+    recorded = recorded_stop(storage.get_study_user_attrs(study_id))
+    if recorded:
+        return recorded
     _, why = holding_stop(storage, study_id, study)
     if why and record:
-        for event in reversed(events(storage.get_study_user_attrs(study_id))):
-            if event["event"] == STOPPED:
-                return why  # recorded already (this stop, as no lift came after it)
-            if event["event"] in (LIFTED, "replace"):
-                break
         append_history(storage, study_id, STOPPED, reason=why)
     return why
 

@@ -195,7 +195,9 @@ class Worker:
         with budget_lock(storage, study_id):
             config = current_config(storage, study_id, config)  # `tuner extend` may have changed n_trials
             counts = trial_counts(storage, study_id)
-            if study_done(storage, study_id, config, counts, record=True):  # the first to see a stop records it
+            why = study_done(storage, study_id, config, counts, record=True)  # the first to see a stop records it
+            if why:  # the worker's last line says why it ends (a spent budget, a stop condition)
+                _log.info("%s", complete_message(study.study_name, why))
                 return None
             failures = objective_failures(storage, study_id) if counts["FAIL"] else 0
             if failures >= config.study.max_failures:
