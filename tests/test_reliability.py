@@ -173,6 +173,27 @@ def test_a_worker_paused_past_the_grace_period_drops_its_stale_result(pg_url, tm
     assert_clean_logs(*logs)
 
 
+def test_a_paused_worker_stopped_by_sigterm_drops_its_interrupted_result_too(pg_url, tmp_path):
+    """The chaos soak's case: a worker frozen past the grace period (its trial failed by the other worker's
+    reaper and retried) gets SIGTERM as it wakes. Its own "interrupted" FAIL is not the trial's: it says LOST."""
+    path = long_study(tmp_path, "pauseterm", n_trials=2, epochs=8)
+    env = tuner_env(pg_url, tmp_path)
+    assert tuner("launch-study", str(path), env=env).returncode == 0
+    logs = [tmp_path / "paused.log", tmp_path / "other.log"]
+    procs = [start_worker("pauseterm", env, log) for log in logs]
+    victim = wait_for(lambda: epoch_reached(logs[0], 2), 300, "epoch 2")
+    procs[0].send_signal(signal.SIGSTOP)
+    wait_for(lambda: retries_of(pg_url, "pauseterm", victim), 60, "the paused trial to be failed and retried")
+    procs[0].send_signal(signal.SIGTERM)
+    procs[0].send_signal(signal.SIGCONT)
+    assert wait_all(procs, timeout=300) == [128 + signal.SIGTERM, 0]
+    failed = next(t for t in trials(pg_url, "pauseterm") if t.number == victim)
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"].startswith("no heartbeat")
+    assert logs[0].read_text().count("dropping its result") == 1
+    assert f"trial {victim} LOST" in logs[0].read_text()
+    assert_clean_logs(*logs)
+
+
 def test_eight_workers_finish_exactly_the_budget_even_when_stopped_and_restarted(pg_url, tmp_path):
     # No worker is killed here, so no fast recovery: every FAIL must be a SIGTERM ("interrupted"), never a
     # live worker's trial taken for dead because eight workers on two cores run late.

@@ -297,6 +297,9 @@ class Worker:
             if state == TrialState.FAIL:
                 trial.set_user_attr("fail_reason", reason)
                 self._with_retry(lambda: self._fail_and_retry(study, trial), "tell FAIL")
+                if self.storage.get_trial(trial._trial_id).user_attrs.get("fail_reason") != reason:
+                    self._lost(study, trial)  # a reaper failed it meanwhile (this worker was paused): its FAIL
+                    return
             elif state == TrialState.PRUNED:
                 study.tell(trial, state=TrialState.PRUNED)
             else:
@@ -305,8 +308,10 @@ class Worker:
             if isinstance(exc, ValueError) and "Cannot tell" not in str(exc):
                 raise
             stored = self.storage.get_trial(trial._trial_id)
-            # Our own tell may have committed just before the connection dropped, and been retried.
-            if stored.state != state or (state == TrialState.COMPLETE and stored.values != _values(value)):
+            # Our own tell may have committed just before the connection dropped, and been retried; a FAIL is
+            # ours only with our reason (a reaper's FAIL of a paused worker's trial says "no heartbeat").
+            if stored.state != state or (state == TrialState.COMPLETE and stored.values != _values(value)) or (
+                    state == TrialState.FAIL and stored.user_attrs.get("fail_reason") != reason):
                 self._lost(study, trial)
                 return
         values = _values(value) if value is not None else []
