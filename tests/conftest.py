@@ -22,7 +22,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -478,44 +478,58 @@ def pooled_url(pg_url) -> Iterator[str]:
         yield bouncer.url()
 
 
-def kill_worker_while_it_trains(url: str, name: str, env: dict[str, str], log_dir: Path, kind: str,
-                                timeout: float = 600) -> tuple[object, int]:
-    """Start a worker and SIGKILL it while it trains a trial that continues another (user attribute
-    `continues`: an ASHA promotion, a PBT segment). Returns that trial (as seen just before the kill) and the
-    newest checkpoint epoch of its lineage at the kill.
+def kill_mid_trial(url: str, name: str, start: Callable[[], subprocess.Popen],
+                   running: Callable[[], object | None], process_of: Callable[[object, subprocess.Popen], object],
+                   timeout: float = 600) -> tuple[object, subprocess.Popen]:
+    """Start a process with `start()` and SIGKILL the one that trains a trial `running()` finds (RUNNING, of the
+    kind the test wants; `process_of(trial, started)` is its psutil.Process) while that trial is mid-training.
+    Returns (the trial as seen just before the kill, the started process). The study needs a compute budget.
 
     The condition is made, not hoped for, however fast the machine trains: the test holds the study's budget
-    lock and lets it go to one waiter at a time, so the worker takes one locked step (an ask, an epoch's claim:
-    the study has a compute budget) per round; a continuation that must claim another epoch stays RUNNING
-    until the next round. Once one is seen the worker is frozen (SIGSTOP) and, if the trial is still RUNNING,
-    killed mid-trial; one that ended as it was frozen (a pause claims nothing) is let go, and the next caught."""
-    import signal
-
+    lock and lets it go to one waiter at a time, so each process takes one locked step (an ask, an epoch's
+    claim) per round, and a trial that must claim another epoch stays RUNNING until the next round. Once one is
+    seen its process is frozen (SIGSTOP) and, if the trial is still RUNNING, killed mid-trial; one that ended
+    as it was frozen (a pause claims nothing) is let go, and the next caught."""
     from optuna.trial import TrialState
 
     deadline = time.monotonic() + timeout
     hold = BudgetLockHold(url, name)
-    worker = start_worker(name, env, log_dir / f"{kind}.log")
+    started = start()
     try:
         while True:
-            assert time.monotonic() < deadline, f"no running {kind} was caught in {timeout} s"
-            assert worker.poll() is None, f"the worker exited (code {worker.returncode}) before a {kind} ran"
-            victim = _running_continuation(url, name)
-            if victim is not None:
-                worker.send_signal(signal.SIGSTOP)
-                if load(url, name).get_trials()[victim.number].state == TrialState.RUNNING:
-                    worker.kill()
-                    worker.wait()
-                    folder = checkpoint_dir(url, name) / str(victim.user_attrs["lineage"])
-                    return victim, max(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt"))
-                worker.send_signal(signal.SIGCONT)
-            hold.release()  # the worker's waiting step goes through...
+            assert time.monotonic() < deadline, f"no trial was caught mid-training in {timeout} s"
+            assert started.poll() is None, f"it exited (code {started.returncode}) before a trial was caught"
+            trial = running()
+            if trial is not None:
+                process = process_of(trial, started)
+                process.suspend()
+                if load(url, name).get_trials()[trial.number].state == TrialState.RUNNING:
+                    process.kill()
+                    return trial, started
+                process.resume()
+            hold.release()  # the waiting step goes through...
             hold = BudgetLockHold(url, name)  # ...and the test queues behind it
+    except BaseException:
+        started.kill()
+        started.wait()
+        raise
     finally:
         hold.release()
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+
+
+def kill_worker_while_it_trains(url: str, name: str, env: dict[str, str], log_dir: Path, kind: str,
+                                timeout: float = 600) -> tuple[object, int]:
+    """Start a worker and SIGKILL it while it trains a trial that continues another (user attribute
+    `continues`: an ASHA promotion, a PBT segment), as kill_mid_trial makes certain. Returns that trial (as seen
+    just before the kill) and the newest checkpoint epoch of its lineage at the kill."""
+    import psutil
+
+    victim, worker = kill_mid_trial(url, name, lambda: start_worker(name, env, log_dir / f"{kind}.log"),
+                                    lambda: _running_continuation(url, name),
+                                    lambda trial, started: psutil.Process(started.pid), timeout)
+    worker.wait()
+    folder = checkpoint_dir(url, name) / str(victim.user_attrs["lineage"])
+    return victim, max(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt"))
 
 
 def _running_continuation(url: str, name: str):

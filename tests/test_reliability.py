@@ -154,15 +154,22 @@ def test_sigterm_fails_the_trial_as_interrupted_exits_promptly_and_the_retry_fin
     assert_clean_logs(log)
 
 
-def test_a_worker_paused_past_the_grace_period_drops_its_stale_result(pg_url, tmp_path):
-    path = long_study(tmp_path, "pause", n_trials=2, epochs=8)
+def pause_past_the_grace_period(pg_url: str, tmp_path: Path, name: str) -> tuple[list, list[Path], int]:
+    """Two workers; the first is frozen (SIGSTOP) at epoch 2 until the other's reaper has failed its trial and
+    queued the retry. Returns (both processes, their logs, the frozen worker's trial number)."""
+    path = long_study(tmp_path, name, n_trials=2, epochs=8)
     env = tuner_env(pg_url, tmp_path)
     assert tuner("launch-study", str(path), env=env).returncode == 0
     logs = [tmp_path / "paused.log", tmp_path / "other.log"]
-    procs = [start_worker("pause", env, log) for log in logs]
+    procs = [start_worker(name, env, log) for log in logs]
     victim = wait_for(lambda: epoch_reached(logs[0], 2), 300, "epoch 2")
     procs[0].send_signal(signal.SIGSTOP)
-    wait_for(lambda: retries_of(pg_url, "pause", victim), 30, "the paused trial to be failed and retried")
+    wait_for(lambda: retries_of(pg_url, name, victim), 30, "the paused trial to be failed and retried")
+    return procs, logs, victim
+
+
+def test_a_worker_paused_past_the_grace_period_drops_its_stale_result(pg_url, tmp_path):
+    procs, logs, victim = pause_past_the_grace_period(pg_url, tmp_path, "pause")
     time.sleep(1)
     procs[0].send_signal(signal.SIGCONT)
     assert wait_all(procs, timeout=300) == [0, 0]
@@ -176,14 +183,7 @@ def test_a_worker_paused_past_the_grace_period_drops_its_stale_result(pg_url, tm
 def test_a_paused_worker_stopped_by_sigterm_drops_its_interrupted_result_too(pg_url, tmp_path):
     """The chaos soak's case: a worker frozen past the grace period (its trial failed by the other worker's
     reaper and retried) gets SIGTERM as it wakes. Its own "interrupted" FAIL is not the trial's: it says LOST."""
-    path = long_study(tmp_path, "pauseterm", n_trials=2, epochs=8)
-    env = tuner_env(pg_url, tmp_path)
-    assert tuner("launch-study", str(path), env=env).returncode == 0
-    logs = [tmp_path / "paused.log", tmp_path / "other.log"]
-    procs = [start_worker("pauseterm", env, log) for log in logs]
-    victim = wait_for(lambda: epoch_reached(logs[0], 2), 300, "epoch 2")
-    procs[0].send_signal(signal.SIGSTOP)
-    wait_for(lambda: retries_of(pg_url, "pauseterm", victim), 60, "the paused trial to be failed and retried")
+    procs, logs, victim = pause_past_the_grace_period(pg_url, tmp_path, "pauseterm")
     procs[0].send_signal(signal.SIGTERM)
     procs[0].send_signal(signal.SIGCONT)
     assert wait_all(procs, timeout=300) == [128 + signal.SIGTERM, 0]

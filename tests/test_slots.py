@@ -9,14 +9,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import psutil
 from optuna.trial import TrialState
 
-from conftest import BudgetLockHold, load, study_file, tuner, tuner_env, wait_for
+from conftest import kill_mid_trial, load, study_file, tuner, tuner_env, wait_for
 
 RELAXED_RECOVERY = "heartbeat_interval = 2\ngrace_period = 30\nreaper_period = 2"
 # Fixed params, ~0.3-1 s per epoch on one CPU thread: two slots' trials overlap for seconds.
@@ -116,37 +115,24 @@ def test_a_slot_killed_behind_the_parents_back_is_replaced_and_the_study_finishe
     """SIGKILL to one slot (as the kernel's out-of-memory killer would): the parent starts a new one, the dead
     slot's trial is failed by a reaper and retried, the budget is exact and the parent exits 0."""
     fast = "heartbeat_interval = 1\ngrace_period = 3\nreaper_period = 1"
-    # max_epochs (never reached) makes every epoch a claim under the budget lock, which the test holds and lets
-    # go one step at a time: a slot mid-trial is caught however fast the machine trains (see
-    # kill_worker_while_it_trains), frozen, and killed if its trial is still RUNNING.
+    # max_epochs (never reached) makes every epoch a claim under the budget lock, which kill_mid_trial steps: a
+    # slot mid-trial is caught however fast the machine trains, and SIGKILLed as the out-of-memory killer would
     env, log = launch_steady(pg_url, tmp_path, "oomkill", n_trials=4, epochs=6, worker=fast, extra="max_epochs = 100")
-    hold = BudgetLockHold(pg_url, "oomkill")
-    proc = start_slots("oomkill", env, log)
+
+    def slot_of(trial, parent) -> psutil.Process:
+        return psutil.Process(int(trial.user_attrs["worker"].rsplit(":", 1)[1]))
+
+    caught, proc = kill_mid_trial(pg_url, "oomkill", lambda: start_slots("oomkill", env, log),
+                                  lambda: next(iter(training(pg_url, "oomkill")), None), slot_of, timeout=300)
+    victim_pid = int(caught.user_attrs["worker"].rsplit(":", 1)[1])
     try:
-        victim = None
-        deadline = time.monotonic() + 300
-        while victim is None:
-            assert time.monotonic() < deadline and proc.poll() is None, "no slot was caught mid-trial"
-            for trial in training(pg_url, "oomkill"):
-                slot = psutil.Process(int(trial.user_attrs["worker"].rsplit(":", 1)[1]))
-                slot.suspend()
-                if load(pg_url, "oomkill").get_trials()[trial.number].state == TrialState.RUNNING:
-                    victim = slot
-                    victim.kill()  # SIGKILL, as the kernel's out-of-memory killer would
-                    break
-                slot.resume()
-            if victim is None:
-                hold.release()  # one waiting step goes through, and the test queues behind it
-                hold = BudgetLockHold(pg_url, "oomkill")
-        hold.release()  # the other slot's reaper takes the lock to fail the dead slot's trial
         code = proc.wait(timeout=600)
     finally:
-        hold.release()
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
     assert code == 0, text[-3000:]
-    assert f"worker pid {victim.pid} was killed by SIGKILL" in text
+    assert f"worker pid {victim_pid} was killed by SIGKILL" in text
     trials = load(pg_url, "oomkill").get_trials(deepcopy=False)
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
     failed = [t for t in trials if t.state == TrialState.FAIL]
