@@ -160,13 +160,14 @@ def run(
     if slots < 1:
         raise TunerError(f"--slots must be >= 1, got {slots}")
     config = load_config(file, name=name)
-    check_paths_of(file, config)  # here, to name the file; the launch in run_local looks again (cheap)
+    check_paths_of(file, config)  # here, to name the file (run_local's launch then skips the look)
     url = resolve_storage_url(storage)
     st = open_storage(url)
     # A live view and worker log lines would overwrite each other: on a terminal the log goes to a file.
     log_path = ui.run_log_path(config.study.name) if out.is_interactive else None
     where = f"; worker log: {log_path}" if log_path else ""
-    result = run_local(st, url, config, workers=workers, slots=slots, device_args=lambda i: _device_args(i, cpu),
+    result = run_local(st, url, config, workers=workers, slots=slots, check_paths=False,
+                       device_args=lambda i: _device_args(i, cpu),
                        log_path=log_path, on_signal=_say_waiting, watch=_show_progress if log_path else None,
                        on_start=lambda first: out.print(f"study {first.study!r}: budget {first.budget}, {workers} "
                                                         f"worker{'s' if workers != 1 else ''}{where}"))

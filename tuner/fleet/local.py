@@ -48,7 +48,8 @@ def run_local(storage: optuna.storages.RDBStorage, url: str, config: StudyConfig
               device_args: Callable[[int], Sequence[str]], log_path: Path | None = None,
               on_start: Callable[[ProgressSnapshot], None] = lambda first: None,
               on_signal: Callable[[int], None] = lambda signum: None,
-              watch: Callable[[WorkerGroup, ProgressWatch], None] | None = None) -> LocalRun:
+              watch: Callable[[WorkerGroup, ProgressWatch], None] | None = None,
+              check_paths: bool = True) -> LocalRun:
     """Launch `config`'s study (idempotent) in `storage` (opened at `url`, which the workers get) and run
     `workers` local `tuner worker --slots <slots>` processes on it until its budget is spent.
 
@@ -59,7 +60,7 @@ def run_local(storage: optuna.storages.RDBStorage, url: str, config: StudyConfig
     on_signal(signum) is called. watch(group, progress), if given, runs while they do (it returns once they
     have exited or after passing a Ctrl-C on with group.forward); then every worker is waited for.
     """
-    launch_study(storage, config)
+    launch_study(storage, config, check_paths=check_paths)  # False: the caller looked at the task's paths
     study = config.study.name
     progress = ProgressWatch(storage, study)
     first = progress.snapshot()
