@@ -77,10 +77,9 @@ def make_objective(config: StudyConfig, device: torch.device) -> Objective:
     return objective
 
 
-def _origin(trial: optuna.Trial) -> str:
+def _origin(frozen: optuna.trial.FrozenTrial) -> str:
     """What the start line says of where a trial comes from: a retry, an ASHA promotion or a PBT segment (which
     continue a paused trial: not retries, and `tuner status` does not count them as such), or nothing."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)  # Optuna 5's Trial has no system_attrs
     attrs, retried = frozen.user_attrs, frozen.system_attrs.get("failed_trial")  # Optuna's retry mark
     if retried is not None:
         return f" (retry of trial {retried})"
@@ -106,9 +105,10 @@ def run_trial(
 ) -> float:
     """Train one trial on data already on `device`; returns the final metric, raises TrialPruned when pruned."""
     hp = suggest_hparams(trial, config.space)
-    lineage = lineage_number(trial)
+    frozen = trial.study._storage.get_trial(trial._trial_id)  # Optuna 5's Trial has no system_attrs
+    lineage = lineage_number(frozen)
     # Logged here, not by the worker: only now, after sampling, are the params known.
-    _log.info("trial %d started%s: %s", trial.number, _origin(trial), describe_params(trial.params))
+    _log.info("trial %d started%s: %s", trial.number, _origin(frozen), describe_params(trial.params))
     seed = config.study.seed + lineage  # same trial (or its retry) -> same init, same batches
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process (slot, host) ran it
     model, precision = _build_on_device(trial, config, data, device, hp, seed)
